@@ -1,0 +1,115 @@
+//! The Tidebase catalog: what the bytes mean.
+//!
+//! The catalog owns the DataFusion catalog tree that every session shares
+//! (`tidebase.public` for user tables, `pg_catalog` and `information_schema`
+//! for clients that introspect), the PostgreSQL-compatible system functions,
+//! and the per-session settings that `SET`/`SHOW`/`current_setting()` see.
+//!
+//! User tables are held by the `public` schema provider. Today that is an
+//! in-memory provider; the region-backed tables plug in at
+//! [`Catalog::user_schema`] without changing anything above it.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use tidebase_catalog::{Catalog, SessionSettings};
+//! let catalog = Catalog::new().unwrap();
+//! let ctx = catalog.new_session(SessionSettings::default());
+//! let batches = ctx.sql("SELECT 1 + 1 AS two").await.unwrap().collect().await.unwrap();
+//! assert_eq!(batches[0].num_rows(), 1);
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+//! # }
+//! ```
+
+mod error;
+mod functions;
+mod pg_overlay;
+mod settings;
+
+use std::sync::Arc;
+
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+use datafusion::catalog::SchemaProvider;
+
+pub use error::CatalogError;
+pub use settings::{canonical_name, SessionSettings, SettingError};
+
+/// Name of the database (DataFusion catalog) clients see.
+pub const DATABASE_NAME: &str = "tidebase";
+/// Name of the schema user tables live in.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The PostgreSQL version Tidebase speaks, as clients parse it.
+pub const PG_VERSION: &str = "15.0";
+
+/// `server_version` as sent in ParameterStatus.
+pub fn server_version() -> String {
+    format!("{PG_VERSION} (Tidebase {})", env!("CARGO_PKG_VERSION"))
+}
+
+/// What `SELECT version()` returns: PostgreSQL's shape, naming Tidebase.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {PG_VERSION} (Tidebase {}) on {}-unknown-linux-gnu, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// The shared catalog. Cheap to clone sessions from; safe to share.
+pub struct Catalog {
+    template: SessionState,
+    user_schema: Arc<dyn SchemaProvider>,
+}
+
+impl Catalog {
+    /// Builds the catalog tree with `pg_catalog`, `information_schema` and an
+    /// empty `public` schema.
+    pub fn new() -> Result<Self, CatalogError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+
+        let database = Arc::new(MemoryCatalogProvider::new());
+        let user_schema: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+        database.register_schema(DEFAULT_SCHEMA, user_schema.clone())?;
+        ctx.register_catalog(DATABASE_NAME, database.clone());
+
+        datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            DATABASE_NAME,
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| CatalogError::DataFusion(*e))?;
+        pg_overlay::install(&ctx, database.as_ref())?;
+        functions::register_static(&ctx);
+
+        Ok(Self {
+            template: ctx.state(),
+            user_schema,
+        })
+    }
+
+    /// A new session over the shared catalog, with its own settings.
+    pub fn new_session(&self, settings: SessionSettings) -> SessionContext {
+        let ctx = SessionContext::new_with_state(self.template.clone());
+        functions::register_session(&ctx, settings);
+        ctx
+    }
+
+    /// The schema provider that holds user tables: the seam where region
+    /// tables plug in.
+    pub fn user_schema(&self) -> &Arc<dyn SchemaProvider> {
+        &self.user_schema
+    }
+}

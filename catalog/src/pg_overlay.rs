@@ -1,0 +1,330 @@
+//! `pg_catalog` as clients need it.
+//!
+//! `datafusion-pg-catalog` serves most of `pg_catalog`, computing `pg_class`,
+//! `pg_attribute` and `pg_namespace` from the live catalog tree. Its
+//! `pg_constraint` and `pg_index` are static, so user tables would show no
+//! primary key. This overlay answers those two relations from the tables'
+//! declared constraints, with the OIDs that `pg_class` hands out, and passes
+//! every other name through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider};
+use datafusion::common::{Constraint, ScalarValue};
+use datafusion::catalog::Session;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::prelude::SessionContext;
+
+use crate::error::CatalogError;
+
+/// Replaces the `pg_catalog` schema of `database` with the overlay.
+pub(crate) fn install(
+    ctx: &SessionContext,
+    database: &dyn CatalogProvider,
+) -> Result<(), CatalogError> {
+    let inner = database.schema("pg_catalog").ok_or_else(|| {
+        DataFusionError::Internal("pg_catalog was not registered".to_string())
+    })?;
+    let overlay = PgCatalogOverlay {
+        inner,
+        catalogs: ctx.state().catalog_list().clone(),
+    };
+    database.register_schema("pg_catalog", Arc::new(overlay))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct PgCatalogOverlay {
+    inner: Arc<dyn SchemaProvider>,
+    catalogs: Arc<dyn datafusion::catalog::CatalogProviderList>,
+}
+
+/// One user table that declares a primary key.
+struct KeyedTable {
+    schema: String,
+    name: String,
+    /// 1-based column numbers, as in `pg_attribute.attnum`.
+    key_columns: Vec<i16>,
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalogOverlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let lower = name.to_ascii_lowercase();
+        let kind = match lower.as_str() {
+            "pg_constraint" => KeyRelation::Constraint,
+            "pg_index" => KeyRelation::Index,
+            _ => return self.inner.table(name).await,
+        };
+        let Some(base) = self.inner.table(&lower).await? else {
+            return Ok(None);
+        };
+        // Rows are computed when the relation is scanned, not here: `pg_class`
+        // resolves every table's schema (this one included) while holding its
+        // OID cache, and computing rows needs that cache.
+        Ok(Some(Arc::new(KeyTable {
+            kind,
+            base,
+            overlay: self.clone(),
+        })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+impl PgCatalogOverlay {
+    async fn keyed_tables(&self) -> Result<Vec<KeyedTable>> {
+        let mut out = Vec::new();
+        let Some(db) = self.catalogs.catalog(crate::DATABASE_NAME) else {
+            return Ok(out);
+        };
+        for schema_name in db.schema_names() {
+            if schema_name == "pg_catalog" || schema_name == "information_schema" {
+                continue;
+            }
+            let Some(schema) = db.schema(&schema_name) else {
+                continue;
+            };
+            for table_name in schema.table_names() {
+                let Some(table) = schema.table(&table_name).await? else {
+                    continue;
+                };
+                let Some(constraints) = table.constraints() else {
+                    continue;
+                };
+                for c in constraints.iter() {
+                    if let Constraint::PrimaryKey(cols) = c {
+                        let key_columns = cols
+                            .iter()
+                            .map(|i| i16::try_from(*i + 1).unwrap_or(i16::MAX))
+                            .collect();
+                        out.push(KeyedTable {
+                            schema: schema_name.clone(),
+                            name: table_name.clone(),
+                            key_columns,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(schema, relation) -> (oid, namespace oid)` as `pg_class` numbers them.
+    async fn relation_oids(&self) -> Result<HashMap<(String, String), (i32, i32)>> {
+        let ctx = SessionContext::new();
+        let mut namespaces = HashMap::new();
+        if let Some(ns) = self.inner.table("pg_namespace").await? {
+            for batch in ctx.read_table(ns)?.collect().await? {
+                let oid = int32_column(&batch, "oid")?;
+                let name = string_column(&batch, "nspname")?;
+                for i in 0..batch.num_rows() {
+                    namespaces.insert(oid[i], name[i].clone());
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        if let Some(class) = self.inner.table("pg_class").await? {
+            for batch in ctx.read_table(class)?.collect().await? {
+                let oid = int32_column(&batch, "oid")?;
+                let ns = int32_column(&batch, "relnamespace")?;
+                let name = string_column(&batch, "relname")?;
+                for i in 0..batch.num_rows() {
+                    if let Some(nspname) = namespaces.get(&ns[i]) {
+                        out.insert((nspname.clone(), name[i].clone()), (oid[i], ns[i]));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum KeyRelation {
+    Constraint,
+    Index,
+}
+
+/// `pg_constraint` or `pg_index`: the static rows plus one row per user
+/// table with a primary key, computed at scan time.
+#[derive(Debug)]
+struct KeyTable {
+    kind: KeyRelation,
+    base: Arc<dyn TableProvider>,
+    overlay: PgCatalogOverlay,
+}
+
+#[async_trait]
+impl TableProvider for KeyTable {
+    fn schema(&self) -> SchemaRef {
+        self.base.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.base.schema();
+        let keyed = self.overlay.keyed_tables().await?;
+        let oids = self.overlay.relation_oids().await?;
+        let batch = match self.kind {
+            KeyRelation::Constraint => constraint_rows(&schema, &keyed, &oids)?,
+            KeyRelation::Index => index_rows(&schema, &keyed, &oids)?,
+        };
+        let ctx = SessionContext::new();
+        let mut batches = ctx.read_table(self.base.clone())?.collect().await?;
+        batches.push(batch);
+        MemTable::try_new(schema, vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+fn int32_column(batch: &RecordBatch, name: &str) -> Result<Vec<i32>> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| DataFusionError::Internal(format!("pg_catalog column {name} missing")))?;
+    let col = datafusion::arrow::compute::cast(col, &DataType::Int32)?;
+    let col = col.as_primitive::<Int32Type>();
+    Ok((0..col.len()).map(|i| col.value(i)).collect())
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| DataFusionError::Internal(format!("pg_catalog column {name} missing")))?;
+    let col = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+    let col = col.as_string::<i32>();
+    Ok((0..col.len()).map(|i| col.value(i).to_string()).collect())
+}
+
+/// The synthetic OID of a table's primary-key index and constraint.
+fn index_oid(table_oid: i32) -> i32 {
+    // Far above the dynamic OID range, below i32::MAX for any table OID.
+    table_oid.saturating_add(1_000_000_000)
+}
+
+fn int2_list(values: &[i16]) -> ScalarValue {
+    let scalars: Vec<ScalarValue> = values.iter().map(|v| ScalarValue::Int16(Some(*v))).collect();
+    ScalarValue::List(ScalarValue::new_list_nullable(&scalars, &DataType::Int16))
+}
+
+fn constraint_rows(
+    schema: &SchemaRef,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
+        .iter()
+        .filter_map(|t| {
+            let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+            Some(HashMap::from([
+                ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
+                ("conname", ScalarValue::Utf8(Some(format!("{}_pkey", t.name)))),
+                ("connamespace", ScalarValue::Int32(Some(ns))),
+                ("contype", ScalarValue::Utf8(Some("p".into()))),
+                ("condeferrable", ScalarValue::Boolean(Some(false))),
+                ("condeferred", ScalarValue::Boolean(Some(false))),
+                ("convalidated", ScalarValue::Boolean(Some(true))),
+                ("conrelid", ScalarValue::Int32(Some(oid))),
+                ("contypid", ScalarValue::Int32(Some(0))),
+                ("conindid", ScalarValue::Int32(Some(index_oid(oid)))),
+                ("conparentid", ScalarValue::Int32(Some(0))),
+                ("confrelid", ScalarValue::Int32(Some(0))),
+                ("conislocal", ScalarValue::Boolean(Some(true))),
+                ("coninhcount", ScalarValue::Int32(Some(0))),
+                ("connoinherit", ScalarValue::Boolean(Some(true))),
+                ("conkey", int2_list(&t.key_columns)),
+            ]))
+        })
+        .collect();
+    build_batch(schema, &rows)
+}
+
+fn index_rows(
+    schema: &SchemaRef,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
+        .iter()
+        .filter_map(|t| {
+            let (oid, _) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+            let n = i16::try_from(t.key_columns.len()).unwrap_or(i16::MAX);
+            Some(HashMap::from([
+                ("indexrelid", ScalarValue::Int32(Some(index_oid(oid)))),
+                ("indrelid", ScalarValue::Int32(Some(oid))),
+                ("indnatts", ScalarValue::Int16(Some(n))),
+                ("indnkeyatts", ScalarValue::Int16(Some(n))),
+                ("indisunique", ScalarValue::Boolean(Some(true))),
+                ("indnullsnotdistinct", ScalarValue::Boolean(Some(false))),
+                ("indisprimary", ScalarValue::Boolean(Some(true))),
+                ("indisexclusion", ScalarValue::Boolean(Some(false))),
+                ("indimmediate", ScalarValue::Boolean(Some(true))),
+                ("indisclustered", ScalarValue::Boolean(Some(false))),
+                ("indisvalid", ScalarValue::Boolean(Some(true))),
+                ("indcheckxmin", ScalarValue::Boolean(Some(false))),
+                ("indisready", ScalarValue::Boolean(Some(true))),
+                ("indislive", ScalarValue::Boolean(Some(true))),
+                ("indisreplident", ScalarValue::Boolean(Some(false))),
+                ("indkey", int2_list(&t.key_columns)),
+            ]))
+        })
+        .collect();
+    build_batch(schema, &rows)
+}
+
+/// Builds a batch of `schema` from rows keyed by column name. A column a row
+/// does not name is NULL, or the type's zero value where NULL is not allowed.
+fn build_batch(schema: &SchemaRef, rows: &[HashMap<&str, ScalarValue>]) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| column(field, rows))
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn column(field: &Field, rows: &[HashMap<&str, ScalarValue>]) -> Result<ArrayRef> {
+    let target = field.data_type();
+    let values = rows
+        .iter()
+        .map(|row| {
+            let value = row
+                .get(field.name().as_str())
+                .and_then(|v| v.cast_to(target).ok());
+            match value {
+                Some(v) => Ok(v),
+                None if field.is_nullable() => ScalarValue::try_from(target),
+                None => ScalarValue::new_default(target),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if values.is_empty() {
+        return Ok(datafusion::arrow::array::new_empty_array(target));
+    }
+    let array = ScalarValue::iter_to_array(values)?;
+    debug_assert_eq!(array.len(), rows.len());
+    Ok(array)
+}

@@ -1,0 +1,27 @@
+//! The Tidebase server: PostgreSQL's wire protocol in front of DataFusion
+//! and the Tidebase catalog.
+//!
+//! [`run`] serves a bound listener until `shutdown` resolves, so tests start
+//! a server in-process on port 0:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tidebase_server::ServerError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = tidebase_server::Config::default();
+//! tidebase_server::run(listener, config, std::future::pending::<()>()).await
+//! # }
+//! ```
+
+pub mod config;
+mod error;
+mod listener;
+mod query;
+mod session;
+mod sqlstate;
+mod startup;
+mod statement;
+mod tls;
+
+pub use config::Config;
+pub use error::ServerError;
+pub use listener::run;
