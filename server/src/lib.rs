@@ -20,6 +20,7 @@ mod session;
 mod sqlstate;
 mod startup;
 mod statement;
+mod text;
 mod tls;
 
 pub use config::Config;

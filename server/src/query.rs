@@ -450,7 +450,12 @@ async fn stream_response(
     let encoder_fields = fields.clone();
     let rows = all.flat_map(move |batch| {
         let rows: Vec<PgWireResult<_>> = match batch {
-            Ok(batch) => encode_recordbatch(encoder_fields.clone(), batch).collect(),
+            Ok(batch) => match crate::text::postgres_text_columns(batch, &encoder_fields) {
+                Ok(batch) => encode_recordbatch(encoder_fields.clone(), batch).collect(),
+                Err(e) => vec![Err(PgWireError::from(QueryError::from(
+                    datafusion::error::DataFusionError::from(e),
+                )))],
+            },
             Err(e) => vec![Err(e)],
         };
         stream::iter(rows)
@@ -533,3 +538,4 @@ impl ExtendedQueryHandler for QueryHandler {
         Ok(response?)
     }
 }
+
