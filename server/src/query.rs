@@ -10,7 +10,9 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg
 use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{stream, Sink, SinkExt, StreamExt};
@@ -82,15 +84,74 @@ impl Planner {
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
             .await?;
+        let plan = postgres_result_types(plan)?;
         let params = parameter_types(&plan)?;
         Ok(Some(Prepared::Plan(Box::new(PlannedStatement { plan, params }))))
     }
 }
 
+/// PostgreSQL has no unsigned integers: `rank()` and `row_number()` are
+/// bigint there, UInt64 in DataFusion (which the encoder would send as
+/// numeric). A query whose result has such columns gets a final projection
+/// that casts them to bigint.
+fn postgres_result_types(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+    if !returns_rows(&plan)
+        || !plan
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| matches!(f.data_type(), DataType::UInt64 | DataType::UInt32))
+    {
+        return Ok(plan);
+    }
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .map(|(qualifier, field)| {
+            let column = Expr::Column(datafusion::common::Column::new(
+                qualifier.cloned(),
+                field.name(),
+            ));
+            match field.data_type() {
+                DataType::UInt64 | DataType::UInt32 => {
+                    datafusion::logical_expr::cast(column, DataType::Int64).alias_qualified(qualifier.cloned(), field.name())
+                }
+                _ => column,
+            }
+        })
+        .collect();
+    Ok(datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+        .project(exprs)?
+        .build()?)
+}
+
 /// Parameter types in `$n` order; a parameter the planner could not type is
 /// text, as PostgreSQL treats an unknown literal.
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<DataType>, QueryError> {
-    let found = plan.get_parameter_types()?;
+    let mut found = plan.get_parameter_types()?;
+    // `$1::bigint` leaves the placeholder untyped in DataFusion; PostgreSQL
+    // types it by the cast.
+    let mut cast_types = std::collections::HashMap::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let cast = match e {
+                    Expr::Cast(c) => Some((c.expr.as_ref(), c.field.data_type())),
+                    Expr::TryCast(c) => Some((c.expr.as_ref(), c.field.data_type())),
+                    _ => None,
+                };
+                if let Some((Expr::Placeholder(p), ty)) = cast {
+                    cast_types.entry(p.id.clone()).or_insert_with(|| ty.clone());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    for (id, ty) in found.iter_mut() {
+        if ty.is_none() {
+            *ty = cast_types.get(id).cloned();
+        }
+    }
     let mut out = Vec::new();
     for (name, ty) in found {
         let Some(index) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
@@ -109,6 +170,35 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<DataType>, QueryError> {
         out[index - 1] = ty.unwrap_or(DataType::Utf8);
     }
     Ok(out)
+}
+
+/// Casts each bound value to the type the statement expects, strictly: a
+/// value that does not fit is an error (22P02), never a silent NULL.
+fn coerce_parameters(values: ParamValues, types: &[DataType]) -> Result<ParamValues, QueryError> {
+    let ParamValues::List(list) = values else {
+        return Ok(values);
+    };
+    let options = datafusion::arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, mut v) in list.into_iter().enumerate() {
+        if let Some(target) = types.get(i) {
+            if v.value.data_type() != *target && !v.value.is_null() {
+                v.value = v.value.cast_to_with_options(target, &options).map_err(|e| {
+                    QueryError::InvalidParameter {
+                        index: i + 1,
+                        reason: e.message().to_string(),
+                    }
+                })?;
+            } else if v.value.is_null() {
+                v.value = ScalarValue::try_from(target)?;
+            }
+        }
+        out.push(v);
+    }
+    Ok(ParamValues::List(out))
 }
 
 fn result_fields(prepared: &Prepared, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
@@ -524,7 +614,7 @@ impl ExtendedQueryHandler for QueryHandler {
         let response = match prepared {
             Prepared::Plan(p) if !p.params.is_empty() || portal.parameter_len() > 0 => {
                 let types: Vec<Option<&DataType>> = p.params.iter().map(Some).collect();
-                let values = deserialize_parameters(portal, &types)?;
+                let values = coerce_parameters(deserialize_parameters(portal, &types)?, &p.params)?;
                 let plan = p
                     .plan
                     .clone()

@@ -24,6 +24,8 @@ pub enum QueryError {
     ShuttingDown,
     #[error("{what} is not supported")]
     NotSupported { what: String },
+    #[error("invalid input for parameter ${index}: {reason}")]
+    InvalidParameter { index: usize, reason: String },
     #[error("invalid value for parameter \"{name}\": \"{value}\"")]
     InvalidSettingValue { name: String, value: String },
 }
@@ -47,6 +49,7 @@ pub fn error_info(e: &QueryError) -> ErrorInfo {
         QueryError::ShuttingDown => ("FATAL", "57P01", e.to_string()),
         QueryError::NotSupported { .. } => ("ERROR", "0A000", e.to_string()),
         QueryError::InvalidSettingValue { .. } => ("ERROR", "22023", e.to_string()),
+        QueryError::InvalidParameter { .. } => ("ERROR", "22P02", e.to_string()),
     };
     ErrorInfo::new(severity.to_string(), code.to_string(), message)
 }

@@ -1,0 +1,258 @@
+//! The server over the wire with tokio-postgres and raw sockets: the
+//! lecture's numbers, parameters, concurrency, limits, cancel, bad input,
+//! authentication and shutdown.
+
+use std::time::Duration;
+
+use tidebase_sql_tests::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::NoTls;
+
+const CUSTOMERS: &[(&str, &str, i32)] = &[
+    ("Alice", "2016-05-01", 50),
+    ("Alice", "2016-05-03", 45),
+    ("Alice", "2016-05-04", 55),
+    ("Bob", "2016-05-01", 25),
+    ("Bob", "2016-05-04", 29),
+    ("Bob", "2016-05-06", 27),
+];
+
+fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+#[tokio::test]
+async fn lecture_example_with_parameters_and_binary_results() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE customers (name TEXT, date DATE, amount INT, PRIMARY KEY (name, date))",
+        )
+        .await?;
+    let insert = client
+        .prepare("INSERT INTO customers VALUES ($1, $2, $3)")
+        .await?;
+    assert_eq!(insert.params(), &[Type::TEXT, Type::DATE, Type::INT4]);
+    for (name, date, amount) in CUSTOMERS {
+        let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")?;
+        assert_eq!(client.execute(&insert, &[name, &date, amount]).await?, 1);
+    }
+    let rows = client
+        .query(
+            "SELECT name, avg(amount) OVER w, sum(amount) OVER (PARTITION BY name ORDER BY date \
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW), \
+             lag(amount, 1) OVER (PARTITION BY name ORDER BY date), \
+             rank() OVER (PARTITION BY name ORDER BY date) \
+             FROM customers WHERE name = $1 \
+             WINDOW w AS (PARTITION BY name ORDER BY date ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) \
+             ORDER BY date",
+            &[&"Alice"],
+        )
+        .await?;
+    let avg: Vec<f64> = rows.iter().map(|r| r.get(1)).collect();
+    let sum: Vec<i64> = rows.iter().map(|r| r.get(2)).collect();
+    let lag: Vec<Option<i32>> = rows.iter().map(|r| r.get(3)).collect();
+    let rank: Vec<i64> = rows.iter().map(|r| r.get(4)).collect();
+    assert_eq!(avg, vec![47.5, 50.0, 50.0]);
+    assert_eq!(sum, vec![50, 95, 150]);
+    assert_eq!(lag, vec![None, Some(50), Some(45)]);
+    assert_eq!(rank, vec![1, 2, 3]);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn errors_carry_sqlstates_and_the_connection_survives() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    let e = client.prepare("SELEC 1").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR));
+    let e = client.query("SELECT * FROM missing", &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
+    let e = client.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO));
+    // A parameter whose value does not fit its type.
+    client.batch_execute("CREATE TABLE n (id INT)").await?;
+    let e = client
+        .query_typed("INSERT INTO n VALUES ($1)", &[(&"not a number", Type::TEXT)])
+        .await
+        .unwrap_err();
+    let c = code(&e).unwrap_or_default();
+    assert!(c.starts_with("22") || c.starts_with("42"), "got {e:?}");
+    // After every failure above, the same connection still answers.
+    let row = client.query_one("SELECT 41 + $1::BIGINT", &[&1i64]).await?;
+    assert_eq!(row.get::<_, i64>(0), 42);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn fifty_concurrent_connections() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut tasks = Vec::new();
+    for i in 0..50i64 {
+        let client = server.connect().await?;
+        tasks.push(tokio::spawn(async move {
+            let row = client.query_one("SELECT $1::BIGINT * 2", &[&i]).await?;
+            Ok::<i64, tokio_postgres::Error>(row.get(0))
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await??, i64::try_from(i)? * 2);
+    }
+    server.stop().await
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_53300() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.max_connections = 2).await?;
+    let a = server.connect().await?;
+    let _b = server.connect().await?;
+    let e = tokio_postgres::connect(&server.conn_str(), NoTls)
+        .await
+        .err()
+        .expect("third connection refused");
+    assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    drop(a);
+    // The freed slot is reusable once the server sees the disconnect.
+    let mut reconnected = None;
+    for _ in 0..100 {
+        match server.connect().await {
+            Ok(c) => {
+                reconnected = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let c = reconnected.expect("slot freed after disconnect");
+    assert_eq!(c.query_one("SELECT 1::INT", &[]).await?.get::<_, i32>(0), 1);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    let token = client.cancel_token();
+    let query = tokio::spawn(async move {
+        client
+            .simple_query("SELECT count(*) FROM generate_series(1, 10000000000) AS t(x) WHERE x % 7 = 3")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await?;
+    let result = tokio::time::timeout(Duration::from_secs(30), query).await??;
+    let e = result.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn garbage_and_abandoned_connections_do_not_hurt_the_server() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    // A startup packet of garbage.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await?;
+    raw.write_all(&[0, 0, 0, 12, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await??;
+    // Either closed outright or an ErrorResponse ('E') then close.
+    assert!(n == 0 || buf[0] == b'E', "unexpected reply {:?}", &buf[..n]);
+    // A length that claims a gigabyte.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await?;
+    raw.write_all(&[0x40, 0, 0, 0, 0, 3, 0, 0]).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await;
+    drop(raw);
+    // A client that disconnects in the middle of a query.
+    let (client, connection) = tokio_postgres::connect(&server.conn_str(), NoTls).await?;
+    let conn_task = tokio::spawn(connection);
+    let query = tokio::spawn(async move {
+        client
+            .simple_query("SELECT count(*) FROM generate_series(1, 10000000000)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    conn_task.abort();
+    query.abort();
+    // The server still serves.
+    let client = server.connect().await?;
+    assert_eq!(client.query_one("SELECT 7::INT", &[]).await?.get::<_, i32>(0), 7);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn scram_authentication() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.auth.method = tidebase_server::config::AuthMethod::ScramSha256;
+        c.auth.users = vec![tidebase_server::config::UserConfig {
+            name: "app".into(),
+            password: "s3cret".into(),
+        }];
+    })
+    .await?;
+    let base = format!("host=127.0.0.1 port={} dbname=tidebase", server.addr.port());
+    let (client, conn) = tokio_postgres::connect(&format!("{base} user=app password=s3cret"), NoTls).await?;
+    tokio::spawn(conn);
+    assert_eq!(client.query_one("SELECT 1::INT", &[]).await?.get::<_, i32>(0), 1);
+    let e = tokio_postgres::connect(&format!("{base} user=app password=wrong"), NoTls)
+        .await
+        .err()
+        .expect("wrong password refused");
+    assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD));
+    let e = tokio_postgres::connect(&format!("{base} user=nobody password=x"), NoTls)
+        .await
+        .err()
+        .expect("unknown user refused");
+    assert_eq!(e.code(), Some(&SqlState::INVALID_PASSWORD));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn tls_that_cannot_be_loaded_stops_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = tidebase_server::Config {
+        listen: listener.local_addr()?,
+        data_dir: dir.path().join("data"),
+        tls: Some(tidebase_server::config::TlsConfig {
+            cert: dir.path().join("bad.pem"),
+            key: dir.path().join("missing.key"),
+        }),
+        ..Default::default()
+    };
+    let err = tidebase_server::run(listener, config, std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_with_idle_clients_returns() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client.simple_query("SELECT 1").await?;
+    tokio::time::timeout(Duration::from_secs(20), server.stop()).await??;
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn startup_parameters_reach_the_session() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{} application_name=wiretest", server.conn_str()),
+        NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    let rows = client.simple_query("SHOW application_name").await?;
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("wiretest"));
+    server.stop().await
+}
