@@ -43,6 +43,35 @@ pub(crate) fn register_static(ctx: &SessionContext) {
             Ok(ColumnarValue::Scalar(ScalarValue::Boolean(None)))
         }),
     ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        crate::json_build_object::JsonBuildObject::new(),
+    ));
+    // psycopg's TypeInfo.fetch looks types up with `oid = to_regtype($1)`.
+    ctx.register_udf(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = map_strings(&args[0], |name| Ok(builtin_type_oid(name).map(|o| o.to_string())))?;
+            Ok(match names {
+                ColumnarValue::Scalar(s) => ColumnarValue::Scalar(s.cast_to(&DataType::Int32)?),
+                ColumnarValue::Array(a) => ColumnarValue::Array(cast(&a, &DataType::Int32)?),
+            })
+        }),
+    ));
+    // Every object is in the search path's single schema or pg_catalog.
+    for name in ["pg_collation_is_visible", "pg_type_is_visible", "pg_function_is_visible"] {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int64],
+            DataType::Boolean,
+            Volatility::Stable,
+            Arc::new(|_args: &[ColumnarValue]| {
+                Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+            }),
+        ));
+    }
     for (name, arity) in [("obj_description", 2), ("col_description", 2)] {
         ctx.register_udf(create_udf(
             name,
@@ -88,6 +117,36 @@ pub(crate) fn register_session(ctx: &SessionContext, settings: SessionSettings) 
             Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value))))
         }),
     ));
+}
+
+/// The OID of a built-in type by any of its SQL names, as `to_regtype`
+/// resolves it; `None` for types Tidebase does not have (hstore, ...).
+fn builtin_type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase();
+    Some(match name.as_str() {
+        "bool" | "boolean" => 16,
+        "bytea" => 17,
+        "char" | "\"char\"" => 18,
+        "name" => 19,
+        "int8" | "bigint" => 20,
+        "int2" | "smallint" => 21,
+        "int4" | "int" | "integer" => 23,
+        "text" => 25,
+        "oid" => 26,
+        "json" => 114,
+        "float4" | "real" => 700,
+        "float8" | "double precision" => 701,
+        "varchar" | "character varying" => 1043,
+        "date" => 1082,
+        "time" | "time without time zone" => 1083,
+        "timestamp" | "timestamp without time zone" => 1114,
+        "timestamptz" | "timestamp with time zone" => 1184,
+        "interval" => 1186,
+        "numeric" | "decimal" => 1700,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        _ => return None,
+    })
 }
 
 /// Applies `f` to every string of a scalar or array argument.

@@ -24,6 +24,7 @@
 
 mod error;
 mod functions;
+mod json_build_object;
 mod pg_overlay;
 mod settings;
 

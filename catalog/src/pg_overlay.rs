@@ -171,7 +171,10 @@ struct KeyTable {
 #[async_trait]
 impl TableProvider for KeyTable {
     fn schema(&self) -> SchemaRef {
-        self.base.schema()
+        match self.kind {
+            KeyRelation::Constraint => self.base.schema(),
+            KeyRelation::Index => with_int2_vector(&self.base.schema(), "indkey"),
+        }
     }
 
     fn table_type(&self) -> TableType {
@@ -185,7 +188,7 @@ impl TableProvider for KeyTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = self.base.schema();
+        let schema = self.schema();
         let keyed = self.overlay.keyed_tables().await?;
         let oids = self.overlay.relation_oids().await?;
         let batch = match self.kind {
@@ -193,12 +196,67 @@ impl TableProvider for KeyTable {
             KeyRelation::Index => index_rows(&schema, &keyed, &oids)?,
         };
         let ctx = SessionContext::new();
-        let mut batches = ctx.read_table(self.base.clone())?.collect().await?;
+        let mut batches = ctx
+            .read_table(self.base.clone())?
+            .collect()
+            .await?
+            .into_iter()
+            .map(|b| int2_vector_column(b, &schema, "indkey"))
+            .collect::<Result<Vec<_>>>()?;
         batches.push(batch);
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
             .await
     }
+}
+
+/// `int2vector` columns (`pg_index.indkey`) are arrays to clients that
+/// `unnest` them; the static relation stores them as text.
+fn with_int2_vector(schema: &SchemaRef, column: &str) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == column {
+                Field::new(
+                    column,
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true))),
+                    true,
+                )
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+/// Rewrites a text `int2vector` column ("1 3") of `batch` as a list.
+fn int2_vector_column(batch: RecordBatch, schema: &SchemaRef, column: &str) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    if let Some(i) = batch.schema().index_of(column).ok() {
+        let text = datafusion::arrow::compute::cast(&columns[i], &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let mut builder = datafusion::arrow::array::ListBuilder::new(
+            datafusion::arrow::array::Int16Builder::new(),
+        );
+        for v in text.iter() {
+            match v {
+                None => builder.append_null(),
+                Some(v) => {
+                    for n in v
+                        .split(|c: char| c == ' ' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}')
+                        .filter(|s| !s.is_empty())
+                    {
+                        builder.values().append_option(n.trim().parse::<i16>().ok());
+                    }
+                    builder.append(true);
+                }
+            }
+        }
+        columns[i] = Arc::new(builder.finish());
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 fn int32_column(batch: &RecordBatch, name: &str) -> Result<Vec<i32>> {

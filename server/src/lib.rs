@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 mod listener;
 mod query;
+mod rewrite;
 mod session;
 mod sqlstate;
 mod startup;

@@ -79,7 +79,8 @@ impl Planner {
                 ))
             }
         }
-        let stmt = statements.remove(0);
+        let mut stmt = statements.remove(0);
+        crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
         let state = self.session.ctx.state();
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
