@@ -22,7 +22,9 @@ pub(crate) fn register_static(ctx: &SessionContext) {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(move |_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                version.clone(),
+            ))))
         }),
     ));
     // Tidebase has no sequences: serial columns do not exist.
@@ -39,9 +41,7 @@ pub(crate) fn register_static(ctx: &SessionContext) {
         vec![],
         DataType::Boolean,
         Volatility::Volatile,
-        Arc::new(|_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Boolean(None)))
-        }),
+        Arc::new(|_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(None)))),
     ));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         crate::json_build_object::JsonBuildObject::new(),
@@ -53,7 +53,9 @@ pub(crate) fn register_static(ctx: &SessionContext) {
         DataType::Int32,
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {
-            let names = map_strings(&args[0], |name| Ok(builtin_type_oid(name).map(|o| o.to_string())))?;
+            let names = map_strings(&args[0], |name| {
+                Ok(builtin_type_oid(name).map(|o| o.to_string()))
+            })?;
             Ok(match names {
                 ColumnarValue::Scalar(s) => ColumnarValue::Scalar(s.cast_to(&DataType::Int32)?),
                 ColumnarValue::Array(a) => ColumnarValue::Array(cast(&a, &DataType::Int32)?),
@@ -61,7 +63,11 @@ pub(crate) fn register_static(ctx: &SessionContext) {
         }),
     ));
     // Every object is in the search path's single schema or pg_catalog.
-    for name in ["pg_collation_is_visible", "pg_type_is_visible", "pg_function_is_visible"] {
+    for name in [
+        "pg_collation_is_visible",
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+    ] {
         ctx.register_udf(create_udf(
             name,
             vec![DataType::Int64],
@@ -78,9 +84,7 @@ pub(crate) fn register_static(ctx: &SessionContext) {
             vec![DataType::Int64; arity],
             DataType::Utf8,
             Volatility::Stable,
-            Arc::new(|_args: &[ColumnarValue]| {
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
-            }),
+            Arc::new(|_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
         ));
     }
 }
@@ -122,7 +126,10 @@ pub(crate) fn register_session(ctx: &SessionContext, settings: SessionSettings) 
 /// The OID of a built-in type by any of its SQL names, as `to_regtype`
 /// resolves it; `None` for types Tidebase does not have (hstore, ...).
 fn builtin_type_oid(name: &str) -> Option<i32> {
-    let name = name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase();
+    let name = name
+        .trim()
+        .trim_start_matches("pg_catalog.")
+        .to_ascii_lowercase();
     Some(match name.as_str() {
         "bool" | "boolean" => 16,
         "bytea" => 17,

@@ -37,7 +37,7 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        if args.args.len() % 2 != 0 {
+        if !args.args.len().is_multiple_of(2) {
             return exec_err!("argument list must have even number of elements");
         }
         let rows = args.number_rows;
@@ -73,9 +73,9 @@ fn value_at(v: &ColumnarValue, row: usize) -> Result<ScalarValue> {
 
 fn key_text(v: &ScalarValue) -> String {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-            s.clone()
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
         other => other.to_string(),
     }
 }

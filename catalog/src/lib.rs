@@ -30,11 +30,11 @@ mod settings;
 
 use std::sync::Arc;
 
+use datafusion::catalog::SchemaProvider;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
-use datafusion::catalog::SchemaProvider;
 
 pub use error::CatalogError;
 pub use settings::{canonical_name, SessionSettings, SettingError};

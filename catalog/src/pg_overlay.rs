@@ -13,13 +13,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
+use datafusion::catalog::Session;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider};
 use datafusion::common::{Constraint, ScalarValue};
-use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 
 use crate::error::CatalogError;
@@ -29,9 +29,9 @@ pub(crate) fn install(
     ctx: &SessionContext,
     database: &dyn CatalogProvider,
 ) -> Result<(), CatalogError> {
-    let inner = database.schema("pg_catalog").ok_or_else(|| {
-        DataFusionError::Internal("pg_catalog was not registered".to_string())
-    })?;
+    let inner = database
+        .schema("pg_catalog")
+        .ok_or_else(|| DataFusionError::Internal("pg_catalog was not registered".to_string()))?;
     let overlay = PgCatalogOverlay {
         inner,
         catalogs: ctx.state().catalog_list().clone(),
@@ -234,7 +234,7 @@ fn with_int2_vector(schema: &SchemaRef, column: &str) -> SchemaRef {
 /// Rewrites a text `int2vector` column ("1 3") of `batch` as a list.
 fn int2_vector_column(batch: RecordBatch, schema: &SchemaRef, column: &str) -> Result<RecordBatch> {
     let mut columns = batch.columns().to_vec();
-    if let Some(i) = batch.schema().index_of(column).ok() {
+    if let Ok(i) = batch.schema().index_of(column) {
         let text = datafusion::arrow::compute::cast(&columns[i], &DataType::Utf8)?;
         let text = text.as_string::<i32>();
         let mut builder = datafusion::arrow::array::ListBuilder::new(
@@ -245,7 +245,9 @@ fn int2_vector_column(batch: RecordBatch, schema: &SchemaRef, column: &str) -> R
                 None => builder.append_null(),
                 Some(v) => {
                     for n in v
-                        .split(|c: char| c == ' ' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}')
+                        .split(|c: char| {
+                            c == ' ' || c == ',' || c == '[' || c == ']' || c == '{' || c == '}'
+                        })
                         .filter(|s| !s.is_empty())
                     {
                         builder.values().append_option(n.trim().parse::<i16>().ok());
@@ -284,7 +286,10 @@ fn index_oid(table_oid: i32) -> i32 {
 }
 
 fn int2_list(values: &[i16]) -> ScalarValue {
-    let scalars: Vec<ScalarValue> = values.iter().map(|v| ScalarValue::Int16(Some(*v))).collect();
+    let scalars: Vec<ScalarValue> = values
+        .iter()
+        .map(|v| ScalarValue::Int16(Some(*v)))
+        .collect();
     ScalarValue::List(ScalarValue::new_list_nullable(&scalars, &DataType::Int16))
 }
 
@@ -299,7 +304,10 @@ fn constraint_rows(
             let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
             Some(HashMap::from([
                 ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
-                ("conname", ScalarValue::Utf8(Some(format!("{}_pkey", t.name)))),
+                (
+                    "conname",
+                    ScalarValue::Utf8(Some(format!("{}_pkey", t.name))),
+                ),
                 ("connamespace", ScalarValue::Int32(Some(ns))),
                 ("contype", ScalarValue::Utf8(Some("p".into()))),
                 ("condeferrable", ScalarValue::Boolean(Some(false))),

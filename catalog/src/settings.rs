@@ -144,7 +144,10 @@ mod tests {
         s.reset_all();
         assert_eq!(s.get("DATESTYLE").unwrap(), "ISO, MDY");
         assert_eq!(s.get("timezone").unwrap(), "UTC");
-        assert!(matches!(s.get("no_such_thing"), Err(SettingError::Unknown(_))));
+        assert!(matches!(
+            s.get("no_such_thing"),
+            Err(SettingError::Unknown(_))
+        ));
         s.set("myapp.flag", "1");
         s.reset("myapp.flag");
         assert!(s.get("myapp.flag").is_err());

@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn file_overrides_defaults_and_keeps_the_rest() {
-        let config = Config::from_toml("max_connections = 7\n[auth]\nmethod = \"trust\"\n").unwrap();
+        let config =
+            Config::from_toml("max_connections = 7\n[auth]\nmethod = \"trust\"\n").unwrap();
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.data_dir, PathBuf::from("./tidebase-data"));
     }

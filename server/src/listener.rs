@@ -125,7 +125,10 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!(?grace, "statements still running after the grace period; closing anyway");
+        tracing::warn!(
+            ?grace,
+            "statements still running after the grace period; closing anyway"
+        );
     }
     connections.shutdown().await;
     tracing::info!("stopped");
@@ -158,10 +161,17 @@ async fn serve(shared: Arc<Shared>, socket: TcpStream, id: u64) {
 /// Answers the startup of a connection over the limit with 53300, as
 /// PostgreSQL does, then closes it.
 async fn refuse(shared: Arc<Shared>, socket: TcpStream, id: u64) {
-    tracing::warn!(limit = shared.config.max_connections, "too many connections");
+    tracing::warn!(
+        limit = shared.config.max_connections,
+        "too many connections"
+    );
     let session = Arc::new(Session::new(id, &shared.catalog));
     let handlers = Connection {
-        startup: Arc::new(Startup::reject("53300", "sorry, too many clients already", session.clone())),
+        startup: Arc::new(Startup::reject(
+            "53300",
+            "sorry, too many clients already",
+            session.clone(),
+        )),
         query: Arc::new(QueryHandler::new(
             session,
             shared.sql.clone(),

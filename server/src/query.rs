@@ -87,7 +87,10 @@ impl Planner {
             .await?;
         let plan = postgres_result_types(plan)?;
         let params = parameter_types(&plan)?;
-        Ok(Some(Prepared::Plan(Box::new(PlannedStatement { plan, params }))))
+        Ok(Some(Prepared::Plan(Box::new(PlannedStatement {
+            plan,
+            params,
+        }))))
     }
 }
 
@@ -115,7 +118,8 @@ fn postgres_result_types(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
             ));
             match field.data_type() {
                 DataType::UInt64 | DataType::UInt32 => {
-                    datafusion::logical_expr::cast(column, DataType::Int64).alias_qualified(qualifier.cloned(), field.name())
+                    datafusion::logical_expr::cast(column, DataType::Int64)
+                        .alias_qualified(qualifier.cloned(), field.name())
                 }
                 _ => column,
             }
@@ -187,12 +191,13 @@ fn coerce_parameters(values: ParamValues, types: &[DataType]) -> Result<ParamVal
     for (i, mut v) in list.into_iter().enumerate() {
         if let Some(target) = types.get(i) {
             if v.value.data_type() != *target && !v.value.is_null() {
-                v.value = v.value.cast_to_with_options(target, &options).map_err(|e| {
-                    QueryError::InvalidParameter {
+                v.value = v
+                    .value
+                    .cast_to_with_options(target, &options)
+                    .map_err(|e| QueryError::InvalidParameter {
                         index: i + 1,
                         reason: e.message().to_string(),
-                    }
-                })?;
+                    })?;
             } else if v.value.is_null() {
                 v.value = ScalarValue::try_from(target)?;
             }
@@ -214,7 +219,9 @@ fn result_fields(prepared: &Prepared, format: &Format) -> PgWireResult<Vec<Field
         Prepared::Session(SessionCommand::ShowAll) => Ok(["name", "setting", "description"]
             .iter()
             .enumerate()
-            .map(|(i, n)| FieldInfo::new(n.to_string(), None, None, Type::TEXT, format.format_for(i)))
+            .map(|(i, n)| {
+                FieldInfo::new(n.to_string(), None, None, Type::TEXT, format.format_for(i))
+            })
             .collect()),
         Prepared::Session(_) => Ok(vec![]),
         Prepared::Plan(p) if returns_rows(&p.plan) => {
@@ -231,7 +238,10 @@ fn show_column_name(name: &str) -> String {
 fn returns_rows(plan: &LogicalPlan) -> bool {
     !matches!(
         plan,
-        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_)
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Copy(_)
     )
 }
 
@@ -344,7 +354,9 @@ impl QueryHandler {
         }
         let schema = df.schema().as_arrow().clone();
         let stream = df.execute_stream().await?;
-        Ok(Response::Query(stream_response(&schema, stream, format, options).await?))
+        Ok(Response::Query(
+            stream_response(&schema, stream, format, options).await?,
+        ))
     }
 
     async fn session_command<C>(
@@ -452,7 +464,9 @@ where
 {
     let msg = ParameterStatus::new(canonical_name(key), value);
     // A client that went away will surface on the next read.
-    let _ = client.feed(PgWireBackendMessage::ParameterStatus(msg)).await;
+    let _ = client
+        .feed(PgWireBackendMessage::ParameterStatus(msg))
+        .await;
 }
 
 /// The command tag for a statement that returns no rows, or `None` for one
@@ -490,7 +504,10 @@ fn affected_rows(batches: Vec<RecordBatch>) -> usize {
     batches
         .iter()
         .filter_map(|b| b.column_by_name("count"))
-        .filter_map(|c| c.as_primitive_opt::<UInt64Type>().map(|a| (0..a.len()).map(|i| a.value(i)).sum::<u64>()))
+        .filter_map(|c| {
+            c.as_primitive_opt::<UInt64Type>()
+                .map(|a| (0..a.len()).map(|i| a.value(i)).sum::<u64>())
+        })
         .sum::<u64>()
         .try_into()
         .unwrap_or(usize::MAX)
@@ -508,7 +525,8 @@ fn text_batch(columns: &[(&str, Vec<String>)]) -> RecordBatch {
         .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as _)
         .collect();
     // Columns of equal length and matching types by construction.
-    RecordBatch::try_new(schema, arrays).unwrap_or_else(|_| RecordBatch::new_empty(Arc::new(Schema::empty())))
+    RecordBatch::try_new(schema, arrays)
+        .unwrap_or_else(|_| RecordBatch::new_empty(Arc::new(Schema::empty())))
 }
 
 fn batch_response(batch: RecordBatch, format: &Format) -> Result<QueryResponse, QueryError> {
@@ -534,7 +552,8 @@ async fn stream_response(
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> Result<QueryResponse, QueryError> {
-    let fields = Arc::new(arrow_schema_to_pg_fields(schema, format, Some(options)).map_err(internal)?);
+    let fields =
+        Arc::new(arrow_schema_to_pg_fields(schema, format, Some(options)).map_err(internal)?);
     let first = batches.next().await.transpose()?;
     let rest = batches.map(|b| b.map_err(|e| PgWireError::from(QueryError::from(e))));
     let all = stream::iter(first.map(Ok)).chain(rest);
@@ -629,4 +648,3 @@ impl ExtendedQueryHandler for QueryHandler {
         Ok(response?)
     }
 }
-

@@ -5,14 +5,28 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement,
-    VisitMut, VisitorMut,
+    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement, VisitMut,
+    VisitorMut,
 };
 
 /// Aggregates whose presence means a scalar subquery already returns one row.
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or",
-    "every", "first_value", "last_value", "json_agg", "jsonb_agg", "stddev", "variance",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "first_value",
+    "last_value",
+    "json_agg",
+    "jsonb_agg",
+    "stddev",
+    "variance",
 ];
 
 /// PostgreSQL accepts a correlated scalar subquery that returns at most one
@@ -34,17 +48,20 @@ pub fn aggregate_scalar_subqueries(stmt: &mut Statement) {
                     return ControlFlow::Continue(());
                 }
                 if let SetExpr::Select(select) = query.body.as_mut() {
-                    let ungrouped = matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+                    let ungrouped =
+                        matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
                     if ungrouped && select.projection.len() == 1 && select.having.is_none() {
-                        match &mut select.projection[0] {
-                            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                                if !has_aggregate(e) && !matches!(e, Expr::Value(_)) {
-                                    let inner = std::mem::replace(e, Expr::Value(datafusion::sql::sqlparser::ast::Value::Null.into()));
-                                    *e = first_value(inner);
-                                    query.limit_clause = None;
-                                }
+                        if let SelectItem::UnnamedExpr(e)
+                        | SelectItem::ExprWithAlias { expr: e, .. } = &mut select.projection[0]
+                        {
+                            if !has_aggregate(e) && !matches!(e, Expr::Value(_)) {
+                                let null = Expr::Value(
+                                    datafusion::sql::sqlparser::ast::Value::Null.into(),
+                                );
+                                let inner = std::mem::replace(e, null);
+                                *e = first_value(inner);
+                                query.limit_clause = None;
                             }
-                            _ => {}
                         }
                     }
                 }
@@ -73,7 +90,9 @@ fn reads_only_relations_without_rows(query: &datafusion::sql::sqlparser::ast::Qu
         factors.extend(from.joins.iter().map(|j| &j.relation));
         for f in factors {
             match f {
-                TableFactor::Table { name, .. } => names.push(name.to_string().to_ascii_lowercase()),
+                TableFactor::Table { name, .. } => {
+                    names.push(name.to_string().to_ascii_lowercase())
+                }
                 _ => return false,
             }
         }
@@ -104,21 +123,19 @@ fn generate_subscripts(expr: &Expr) -> Option<Expr> {
     else {
         return None;
     };
-    let sql = format!(
-        "unnest(range(1, CAST(array_length({array}, {dim}) AS BIGINT) + 1))"
-    );
-    datafusion::sql::sqlparser::parser::Parser::new(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {})
-        .try_with_sql(&sql)
-        .ok()?
-        .parse_expr()
-        .ok()
+    let sql = format!("unnest(range(1, CAST(array_length({array}, {dim}) AS BIGINT) + 1))");
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(&sql)
+    .ok()?
+    .parse_expr()
+    .ok()
 }
 
 fn has_aggregate(e: &Expr) -> bool {
     let text = e.to_string().to_ascii_lowercase();
-    AGGREGATES
-        .iter()
-        .any(|a| text.contains(&format!("{a}(")))
+    AGGREGATES.iter().any(|a| text.contains(&format!("{a}(")))
 }
 
 fn first_value(arg: Expr) -> Expr {
@@ -145,7 +162,9 @@ mod tests {
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn rewrite(sql: &str) -> String {
-        let mut stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
+        let mut stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
         aggregate_scalar_subqueries(&mut stmt);
         stmt.to_string()
     }
@@ -168,6 +187,9 @@ mod tests {
             rewrite("SELECT unnest(c.conkey), generate_subscripts(c.conkey, 1) FROM c"),
             "SELECT unnest(c.conkey), unnest(range(1, CAST(array_length(c.conkey, 1) AS BIGINT) + 1)) FROM c"
         );
-        assert_eq!(rewrite("SELECT 1 FROM t WHERE EXISTS (SELECT 1 FROM d)"), "SELECT 1 FROM t WHERE EXISTS (SELECT 1 FROM d)");
+        assert_eq!(
+            rewrite("SELECT 1 FROM t WHERE EXISTS (SELECT 1 FROM d)"),
+            "SELECT 1 FROM t WHERE EXISTS (SELECT 1 FROM d)"
+        );
     }
 }

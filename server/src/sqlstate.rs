@@ -184,8 +184,14 @@ mod tests {
     #[test]
     fn datafusion_errors_map_to_postgres_codes() {
         let plan = |m: &str| QueryError::DataFusion(DataFusionError::Plan(m.into()));
-        assert_eq!(code(plan("table 'tidebase.public.nope' not found")), "42P01");
-        assert_eq!(code(plan("Invalid function 'nope'.\nDid you mean 'now'?")), "42883");
+        assert_eq!(
+            code(plan("table 'tidebase.public.nope' not found")),
+            "42P01"
+        );
+        assert_eq!(
+            code(plan("Invalid function 'nope'.\nDid you mean 'now'?")),
+            "42883"
+        );
         assert_eq!(
             code(QueryError::DataFusion(DataFusionError::Execution(
                 "Table 't' already exists".into()
@@ -201,13 +207,17 @@ mod tests {
         );
         assert_eq!(
             code(QueryError::DataFusion(DataFusionError::ArrowError(
-                Box::new(ArrowError::CastError("Cannot cast string 'x' to value of Int32 type".into())),
+                Box::new(ArrowError::CastError(
+                    "Cannot cast string 'x' to value of Int32 type".into()
+                )),
                 None
             ))),
             "22P02"
         );
         assert_eq!(
-            code(QueryError::DataFusion(DataFusionError::NotImplemented("x".into()))),
+            code(QueryError::DataFusion(DataFusionError::NotImplemented(
+                "x".into()
+            ))),
             "0A000"
         );
         let wrapped = DataFusionError::Context(

@@ -12,7 +12,10 @@ pub enum SessionCommand {
     Release(String),
     RollbackTo(String),
     /// `SET name = value`; `None` means `DEFAULT`.
-    Set { name: String, value: Option<String> },
+    Set {
+        name: String,
+        value: Option<String>,
+    },
     /// `SET TRANSACTION ...` and `SET SESSION CHARACTERISTICS ...`: accepted,
     /// nothing to change while every statement commits on its own.
     SetTransaction,
@@ -138,7 +141,9 @@ fn skip_dollar_quoted(bytes: &[u8], open: usize) -> usize {
     while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
         j += 1;
     }
-    if j >= bytes.len() || bytes[j] != b'$' || bytes[open + 1..j].first().is_some_and(u8::is_ascii_digit)
+    if j >= bytes.len()
+        || bytes[j] != b'$'
+        || bytes[open + 1..j].first().is_some_and(u8::is_ascii_digit)
     {
         return open + 1;
     }
@@ -235,7 +240,11 @@ pub fn session_command(stmt: &str) -> Option<SessionCommand> {
         ["ROLLBACK", ..] | ["ABORT", ..] => {
             let i = skip_work(1);
             if u.get(i) == Some(&"TO") {
-                let i = if u.get(i + 1) == Some(&"SAVEPOINT") { i + 2 } else { i + 1 };
+                let i = if u.get(i + 1) == Some(&"SAVEPOINT") {
+                    i + 2
+                } else {
+                    i + 1
+                };
                 SessionCommand::RollbackTo(name_after(i))
             } else {
                 SessionCommand::Rollback
@@ -271,7 +280,8 @@ pub fn session_command(stmt: &str) -> Option<SessionCommand> {
                 },
                 [_, ..] => {
                     let name = w[offset].clone();
-                    let mut values: Vec<&str> = w[offset + 1..].iter().map(String::as_str).collect();
+                    let mut values: Vec<&str> =
+                        w[offset + 1..].iter().map(String::as_str).collect();
                     if values.first().is_some_and(|v| v.eq_ignore_ascii_case("TO")) {
                         values.remove(0);
                     }
@@ -318,7 +328,10 @@ mod tests {
                 "SELECT \"x;y\" FROM t /* ; */"
             ]
         );
-        assert_eq!(split("SELECT E'it\\'s;'; SELECT 2"), vec!["SELECT E'it\\'s;'", "SELECT 2"]);
+        assert_eq!(
+            split("SELECT E'it\\'s;'; SELECT 2"),
+            vec!["SELECT E'it\\'s;'", "SELECT 2"]
+        );
         assert_eq!(split("SELECT $1; SELECT 2"), vec!["SELECT $1", "SELECT 2"]);
         assert!(split(" ; -- only a comment\n").is_empty());
     }
@@ -341,17 +354,38 @@ mod tests {
             ("ROLLBACK TO SAVEPOINT sp1", RollbackTo("sp1".into())),
             ("SAVEPOINT sp1", Savepoint("sp1".into())),
             ("RELEASE SAVEPOINT sp1", Release("sp1".into())),
-            ("SET extra_float_digits = 3", set("extra_float_digits", Some("3"))),
-            ("SET application_name = 'jdbc'", set("application_name", Some("jdbc"))),
-            ("set search_path = \"public\"", set("search_path", Some("public"))),
+            (
+                "SET extra_float_digits = 3",
+                set("extra_float_digits", Some("3")),
+            ),
+            (
+                "SET application_name = 'jdbc'",
+                set("application_name", Some("jdbc")),
+            ),
+            (
+                "set search_path = \"public\"",
+                set("search_path", Some("public")),
+            ),
             ("SET search_path TO a, b", set("search_path", Some("a, b"))),
             ("SET DateStyle = 'ISO'", set("DateStyle", Some("ISO"))),
             ("SET TIME ZONE 'UTC'", set("timezone", Some("UTC"))),
             ("SET SESSION TimeZone TO DEFAULT", set("TimeZone", None)),
-            ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", SetTransaction),
-            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", SetTransaction),
-            ("show transaction isolation level", Show("transaction isolation level".into())),
-            ("SHOW standard_conforming_strings", Show("standard_conforming_strings".into())),
+            (
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                SetTransaction,
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                SetTransaction,
+            ),
+            (
+                "show transaction isolation level",
+                Show("transaction isolation level".into()),
+            ),
+            (
+                "SHOW standard_conforming_strings",
+                Show("standard_conforming_strings".into()),
+            ),
             ("SHOW ALL", ShowAll),
             ("RESET ALL", ResetAll),
             ("RESET search_path", Reset("search_path".into())),

@@ -20,7 +20,11 @@ pub fn postgres_text_columns(
     fields: &[FieldInfo],
 ) -> Result<RecordBatch, ArrowError> {
     let schema = batch.schema();
-    let is_text = |i: usize| fields.get(i).is_some_and(|f| f.format() == FieldFormat::Text);
+    let is_text = |i: usize| {
+        fields
+            .get(i)
+            .is_some_and(|f| f.format() == FieldFormat::Text)
+    };
     let rewritten = |t: &DataType| {
         matches!(
             t,
@@ -39,7 +43,11 @@ pub fn postgres_text_columns(
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (i, (field, column)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         if is_text(i) && rewritten(field.data_type()) {
-            new_fields.push(Field::new(field.name(), DataType::Utf8, field.is_nullable()));
+            new_fields.push(Field::new(
+                field.name(),
+                DataType::Utf8,
+                field.is_nullable(),
+            ));
             columns.push(Arc::new(text_column(column)?) as ArrayRef);
         } else {
             new_fields.push(field.as_ref().clone());
@@ -85,7 +93,11 @@ pub fn postgres_float(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let magnitude = v.abs();
     if v != 0.0 && !(1e-4..1e15).contains(&magnitude) {
@@ -142,8 +154,14 @@ mod tests {
         // 2016-05-01 10:30:00 UTC
         let base = 1_462_098_600_000_000;
         assert_eq!(postgres_timestamp(base, false), "2016-05-01 10:30:00");
-        assert_eq!(postgres_timestamp(base + 500_000, false), "2016-05-01 10:30:00.5");
-        assert_eq!(postgres_timestamp(base + 123, true), "2016-05-01 10:30:00.000123+00");
+        assert_eq!(
+            postgres_timestamp(base + 500_000, false),
+            "2016-05-01 10:30:00.5"
+        );
+        assert_eq!(
+            postgres_timestamp(base + 123, true),
+            "2016-05-01 10:30:00.000123+00"
+        );
         assert_eq!(postgres_timestamp(-1, false), "1969-12-31 23:59:59.999999");
     }
 }

@@ -28,7 +28,9 @@ impl TestServer {
     }
 
     /// Starts a server after `configure` adjusts its configuration.
-    pub async fn start_with(configure: impl FnOnce(&mut tidebase_server::Config)) -> anyhow::Result<Self> {
+    pub async fn start_with(
+        configure: impl FnOnce(&mut tidebase_server::Config),
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -199,7 +201,10 @@ fn text_cell(v: Option<&str>) -> String {
 
 /// Formats a binary-format value as PostgreSQL's text output would.
 fn binary_cell(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<String, WireError> {
-    fn get<'a, T: FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize) -> Result<Option<T>, WireError> {
+    fn get<'a, T: FromSql<'a>>(
+        row: &'a tokio_postgres::Row,
+        i: usize,
+    ) -> Result<Option<T>, WireError> {
         row.try_get::<_, Option<T>>(i)
             .map_err(|e| WireError(format!("decoding column {i}: {e}")))
     }
@@ -213,7 +218,11 @@ fn binary_cell(row: &tokio_postgres::Row, i: usize, ty: &Type) -> Result<String,
         if v.is_nan() {
             "NaN".into()
         } else if v.is_infinite() {
-            if v > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+            if v > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            }
         } else {
             v.to_string()
         }

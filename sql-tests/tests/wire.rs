@@ -69,14 +69,20 @@ async fn errors_carry_sqlstates_and_the_connection_survives() -> anyhow::Result<
     let client = server.connect().await?;
     let e = client.prepare("SELEC 1").await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR));
-    let e = client.query("SELECT * FROM missing", &[]).await.unwrap_err();
+    let e = client
+        .query("SELECT * FROM missing", &[])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
     let e = client.simple_query("SELECT 1/0").await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO));
     // A parameter whose value does not fit its type.
     client.batch_execute("CREATE TABLE n (id INT)").await?;
     let e = client
-        .query_typed("INSERT INTO n VALUES ($1)", &[(&"not a number", Type::TEXT)])
+        .query_typed(
+            "INSERT INTO n VALUES ($1)",
+            &[(&"not a number", Type::TEXT)],
+        )
         .await
         .unwrap_err();
     let c = code(&e).unwrap_or_default();
@@ -138,7 +144,9 @@ async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     let token = client.cancel_token();
     let query = tokio::spawn(async move {
         client
-            .simple_query("SELECT count(*) FROM generate_series(1, 10000000000) AS t(x) WHERE x % 7 = 3")
+            .simple_query(
+                "SELECT count(*) FROM generate_series(1, 10000000000) AS t(x) WHERE x % 7 = 3",
+            )
             .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -154,7 +162,8 @@ async fn garbage_and_abandoned_connections_do_not_hurt_the_server() -> anyhow::R
     let server = TestServer::start().await?;
     // A startup packet of garbage.
     let mut raw = tokio::net::TcpStream::connect(server.addr).await?;
-    raw.write_all(&[0, 0, 0, 12, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).await?;
+    raw.write_all(&[0, 0, 0, 12, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
+        .await?;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await??;
     // Either closed outright or an ErrorResponse ('E') then close.
@@ -177,7 +186,13 @@ async fn garbage_and_abandoned_connections_do_not_hurt_the_server() -> anyhow::R
     query.abort();
     // The server still serves.
     let client = server.connect().await?;
-    assert_eq!(client.query_one("SELECT 7::INT", &[]).await?.get::<_, i32>(0), 7);
+    assert_eq!(
+        client
+            .query_one("SELECT 7::INT", &[])
+            .await?
+            .get::<_, i32>(0),
+        7
+    );
     server.stop().await
 }
 
@@ -192,9 +207,16 @@ async fn scram_authentication() -> anyhow::Result<()> {
     })
     .await?;
     let base = format!("host=127.0.0.1 port={} dbname=tidebase", server.addr.port());
-    let (client, conn) = tokio_postgres::connect(&format!("{base} user=app password=s3cret"), NoTls).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{base} user=app password=s3cret"), NoTls).await?;
     tokio::spawn(conn);
-    assert_eq!(client.query_one("SELECT 1::INT", &[]).await?.get::<_, i32>(0), 1);
+    assert_eq!(
+        client
+            .query_one("SELECT 1::INT", &[])
+            .await?
+            .get::<_, i32>(0),
+        1
+    );
     let e = tokio_postgres::connect(&format!("{base} user=app password=wrong"), NoTls)
         .await
         .err()
