@@ -1,0 +1,1145 @@
+//! The engine: tables of regions over one write-ahead log and one manifest,
+//! with flush, compaction and split running in the background.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arrow::array::{BinaryBuilder, Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::cell::{Cell, Mutation};
+use crate::error::{io, Result, StorageError};
+use crate::manifest::{Manifest, RegionMeta, StoreMeta, TableMeta};
+use crate::options::{EngineOptions, FamilyOptions, SyncPolicy};
+use crate::read::{merge, resolve, ReadOptions};
+use crate::region::{file_path, write_file, Region, Store};
+use crate::store_file::StoreFile;
+use crate::wal::Wal;
+
+struct Table {
+    id: u64,
+    families: BTreeMap<String, FamilyOptions>,
+    /// Sorted by start key; together they cover every key.
+    regions: RwLock<Vec<Arc<Region>>>,
+}
+
+impl Table {
+    fn region_for(regions: &[Arc<Region>], row: &[u8]) -> Arc<Region> {
+        let i = regions.partition_point(|r| r.start.as_slice() <= row);
+        regions[i.saturating_sub(1)].clone()
+    }
+}
+
+/// One region as the system views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub id: u64,
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub size_bytes: u64,
+    pub memstore_bytes: u64,
+    pub files: usize,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// One store file as the system views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFileInfo {
+    pub region: u64,
+    pub family: String,
+    pub path: PathBuf,
+    pub cells: u64,
+    pub bytes: u64,
+}
+
+/// What a scan reads.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// First row (inclusive).
+    pub start: Vec<u8>,
+    /// Row to stop before; empty = to the end of the table.
+    pub end: Vec<u8>,
+    /// Families to read; empty = all. Other families' files are not opened.
+    pub families: Vec<String>,
+    pub read: ReadOptions,
+    /// Cells per Arrow batch.
+    pub batch_size: usize,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            start: Vec::new(),
+            end: Vec::new(),
+            families: Vec::new(),
+            read: ReadOptions::default(),
+            batch_size: 8192,
+        }
+    }
+}
+
+impl ScanOptions {
+    /// Rows in `[start, end)`.
+    pub fn range(start: &[u8], end: &[u8]) -> Self {
+        Self {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Flush(u64, u64),
+    Compact(u64, u64, bool),
+    MaybeSplit(u64, u64),
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: EngineOptions,
+    wal: Wal,
+    manifest: Mutex<Manifest>,
+    tables: RwLock<BTreeMap<String, Arc<Table>>>,
+    /// Sequence numbers handed out but not yet in memstores.
+    in_flight: Mutex<BTreeSet<u64>>,
+    tasks: Mutex<VecDeque<Task>>,
+    wake: Condvar,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// The storage engine.
+pub struct Engine {
+    inner: Arc<Inner>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// The Arrow schema scans return: one row per cell.
+pub fn cell_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("row", DataType::Binary, false),
+        Field::new("family", DataType::Utf8, false),
+        Field::new("qualifier", DataType::Binary, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("value", DataType::Binary, false),
+    ]))
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `dir`: loads the manifest, removes
+    /// files nothing refers to, replays the WAL into memstores.
+    pub fn open(dir: &Path, options: EngineOptions) -> Result<Engine> {
+        std::fs::create_dir_all(dir.join("files")).map_err(io(dir))?;
+        let manifest = Manifest::load(dir)?.unwrap_or_default();
+        remove_unreferenced_files(dir, &manifest)?;
+        let mut tables = BTreeMap::new();
+        for t in manifest.tables.values() {
+            let table = build_table(dir, t, &manifest)?;
+            tables.insert(t.name.clone(), Arc::new(table));
+        }
+        let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
+        let flushed: BTreeMap<(u64, String), u64> = manifest
+            .regions
+            .values()
+            .flat_map(|r| {
+                r.stores
+                    .iter()
+                    .map(move |(f, s)| ((r.id, f.clone()), s.flushed_seq))
+            })
+            .collect();
+        let mut replayed = 0u64;
+        let floor = flushed.values().copied().max().unwrap_or(0);
+        let wal = Wal::open(
+            &dir.join("wal"),
+            options.sync,
+            options.wal_segment_bytes,
+            floor,
+            |record| {
+                let Some(table) = by_id.get(&record.table) else {
+                    return Ok(()); // a dropped table
+                };
+                let regions = table.regions.read();
+                for m in record.mutations {
+                    let region = Table::region_for(&regions, &m.row);
+                    let Some(store) = region.stores.get(&m.family) else {
+                        continue;
+                    };
+                    if record.seq
+                        > flushed
+                            .get(&(region.id, m.family.clone()))
+                            .copied()
+                            .unwrap_or(0)
+                    {
+                        store.state.read().active.insert(m.into_cell(record.seq));
+                        replayed += 1;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        tracing::info!(dir = %dir.display(), tables = tables.len(), replayed, "engine opened");
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            options: options.clone(),
+            wal,
+            manifest: Mutex::new(manifest),
+            tables: RwLock::new(tables),
+            in_flight: Mutex::new(BTreeSet::new()),
+            tasks: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        if options.background {
+            let w = inner.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name("tidebase-maintenance".into())
+                    .spawn(move || w.run_tasks())
+                    .map_err(io(dir))?,
+            );
+            if options.sync == SyncPolicy::Batch {
+                let w = inner.clone();
+                workers.push(
+                    std::thread::Builder::new()
+                        .name("tidebase-wal-sync".into())
+                        .spawn(move || w.run_sync())
+                        .map_err(io(dir))?,
+                );
+            }
+        }
+        Ok(Engine { inner, workers })
+    }
+
+    /// Creates a table with one region covering every key.
+    pub fn create_table(&self, name: &str, families: Vec<(String, FamilyOptions)>) -> Result<()> {
+        let inner = &self.inner;
+        let mut tables = inner.tables.write();
+        if tables.contains_key(name) {
+            return Err(StorageError::TableExists(name.to_string()));
+        }
+        let mut m = inner.manifest.lock();
+        let mut next = m.clone();
+        let id = next.allocate_id();
+        let meta = TableMeta {
+            id,
+            name: name.to_string(),
+            families,
+        };
+        let region = next.allocate_id();
+        let stores = meta
+            .families
+            .iter()
+            .map(|(f, _)| (f.clone(), StoreMeta::default()))
+            .collect();
+        next.regions.insert(
+            region,
+            RegionMeta {
+                id: region,
+                table: id,
+                start: vec![],
+                end: vec![],
+                stores,
+            },
+        );
+        next.tables.insert(id, meta.clone());
+        next.store(&inner.dir)?;
+        let table = build_table(&inner.dir, &meta, &next)?;
+        *m = next;
+        tables.insert(name.to_string(), Arc::new(table));
+        Ok(())
+    }
+
+    /// Drops a table and deletes its files.
+    pub fn drop_table(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut tables = inner.tables.write();
+        let table = tables
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
+        let mut m = inner.manifest.lock();
+        let mut next = m.clone();
+        next.tables.remove(&table.id);
+        next.regions.retain(|_, r| r.table != table.id);
+        next.store(&inner.dir)?;
+        let old = std::mem::replace(&mut *m, next);
+        delete_released_files(&inner.dir, &old, &m);
+        tables.remove(name);
+        Ok(())
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.inner.tables.read().keys().cloned().collect()
+    }
+
+    fn table(&self, name: &str) -> Result<Arc<Table>> {
+        self.inner.table(name)
+    }
+
+    /// Applies a batch atomically: one WAL record, then the memstores.
+    /// Returns the batch's sequence number.
+    pub fn write(&self, table: &str, mutations: Vec<Mutation>) -> Result<u64> {
+        self.inner.write(&self.table(table)?, mutations)
+    }
+
+    /// The highest sequence number whose effects every reader sees.
+    pub fn visible_seq(&self) -> u64 {
+        self.inner.visible_seq()
+    }
+
+    /// One row: the cells of the given families (all when empty).
+    pub fn get(
+        &self,
+        table: &str,
+        row: &[u8],
+        families: &[&str],
+        read: &ReadOptions,
+    ) -> Result<Vec<Cell>> {
+        let table = self.table(table)?;
+        let region = Table::region_for(&table.regions.read(), row);
+        region.reads.fetch_add(1, Ordering::Relaxed);
+        let read = self.inner.with_snapshot(read);
+        let mut end = row.to_vec();
+        end.push(0);
+        let mut out = Vec::new();
+        for (family, store) in selected(&region, &table, families)? {
+            let _ = family;
+            out.extend(store.read(row, &end, true, &read)?);
+        }
+        Ok(out)
+    }
+
+    /// Cells of rows in `[start, end)` (`end` empty = to the end), in key
+    /// order, as Arrow batches of at most `batch_size` cells.
+    pub fn scan(&self, table: &str, scan: &ScanOptions) -> Result<Vec<RecordBatch>> {
+        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
+        let table = self.table(table)?;
+        let regions: Vec<Arc<Region>> = table
+            .regions
+            .read()
+            .iter()
+            .filter(|r| {
+                (end.is_empty() || r.start.as_slice() < end)
+                    && (r.end.is_empty() || r.end.as_slice() > start)
+            })
+            .cloned()
+            .collect();
+        let scan = ScanOptions {
+            read: self.inner.with_snapshot(&scan.read),
+            ..scan.clone()
+        };
+        let mut batches = Vec::new();
+        for region in regions {
+            batches.extend(self.scan_region_inner(&table, &region, &scan)?);
+        }
+        Ok(batches)
+    }
+
+    /// Ids of a table's regions in key order (for parallel scans).
+    pub fn region_ids(&self, table: &str) -> Result<Vec<u64>> {
+        Ok(self
+            .table(table)?
+            .regions
+            .read()
+            .iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Scans one region (clamped to `[start, end)`).
+    pub fn scan_region(
+        &self,
+        table: &str,
+        region: u64,
+        scan: &ScanOptions,
+    ) -> Result<Vec<RecordBatch>> {
+        let table = self.table(table)?;
+        let r = table
+            .regions
+            .read()
+            .iter()
+            .find(|r| r.id == region)
+            .cloned()
+            .ok_or(StorageError::RegionNotFound(region))?;
+        let scan = ScanOptions {
+            read: self.inner.with_snapshot(&scan.read),
+            ..scan.clone()
+        };
+        self.scan_region_inner(&table, &r, &scan)
+    }
+
+    fn scan_region_inner(
+        &self,
+        table: &Table,
+        region: &Region,
+        scan: &ScanOptions,
+    ) -> Result<Vec<RecordBatch>> {
+        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
+        let families: Vec<&str> = scan.families.iter().map(String::as_str).collect();
+        let (read, batch_size) = (&scan.read, scan.batch_size);
+        region.reads.fetch_add(1, Ordering::Relaxed);
+        let lo = if start > region.start.as_slice() {
+            start.to_vec()
+        } else {
+            region.start.clone()
+        };
+        let hi = match (end.is_empty(), region.end.is_empty()) {
+            (true, _) => region.end.clone(),
+            (false, true) => end.to_vec(),
+            (false, false) => end.min(region.end.as_slice()).to_vec(),
+        };
+        let mut per_family = Vec::new();
+        for (_, store) in selected(region, table, &families)? {
+            per_family.push(store.read(&lo, &hi, false, read)?);
+        }
+        let cells = merge(per_family);
+        to_batches(&cells, batch_size.max(1))
+    }
+
+    /// Flushes every memstore of the table now.
+    pub fn flush(&self, table: &str) -> Result<()> {
+        let table = self.table(table)?;
+        let regions = table.regions.read().clone();
+        for r in regions {
+            self.inner.freeze_region(&r);
+            self.inner.flush_region(&table, &r)?;
+        }
+        self.inner.purge_wal()
+    }
+
+    /// Compacts every store of the table now (major: drop deleted, expired
+    /// and surplus versions).
+    pub fn compact(&self, table: &str, major: bool) -> Result<()> {
+        let table = self.table(table)?;
+        let regions = table.regions.read().clone();
+        for r in regions {
+            self.inner.compact_region(&table, &r, major)?;
+        }
+        Ok(())
+    }
+
+    /// Splits the region holding `key` at `key`.
+    pub fn split_at(&self, table: &str, key: &[u8]) -> Result<()> {
+        let table = self.table(table)?;
+        let region = Table::region_for(&table.regions.read(), key);
+        self.inner.split(&table, region.id, key)
+    }
+
+    /// Splits regions past the size threshold; returns how many split.
+    pub fn split_large_regions(&self, table: &str) -> Result<usize> {
+        let table = self.table(table)?;
+        let ids: Vec<u64> = table.regions.read().iter().map(|r| r.id).collect();
+        let mut n = 0;
+        for id in ids {
+            if self.inner.maybe_split(&table, id)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Merges two adjacent regions into one.
+    pub fn merge_regions(&self, table: &str, left: u64, right: u64) -> Result<()> {
+        let table = self.table(table)?;
+        self.inner.merge(&table, left, right)
+    }
+
+    pub fn regions(&self, table: &str) -> Result<Vec<RegionInfo>> {
+        let table = self.table(table)?;
+        let regions = table.regions.read().clone();
+        Ok(regions
+            .iter()
+            .map(|r| RegionInfo {
+                id: r.id,
+                start: r.start.clone(),
+                end: r.end.clone(),
+                size_bytes: r.size(),
+                memstore_bytes: r.stores.values().map(|s| s.memstore_bytes() as u64).sum(),
+                files: r.stores.values().map(|s| s.state.read().files.len()).sum(),
+                reads: r.reads.load(Ordering::Relaxed),
+                writes: r.writes.load(Ordering::Relaxed),
+            })
+            .collect())
+    }
+
+    /// Store files of a table.
+    pub fn store_files(&self, table: &str) -> Result<Vec<StoreFileInfo>> {
+        let table = self.table(table)?;
+        let regions = table.regions.read().clone();
+        let mut out = Vec::new();
+        for r in &regions {
+            for s in r.stores.values() {
+                for f in &s.state.read().files {
+                    out.push(StoreFileInfo {
+                        region: r.id,
+                        family: s.family.clone(),
+                        path: f.path.clone(),
+                        cells: f.cells,
+                        bytes: f.size,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// WAL segment files on disk.
+    pub fn wal_segments(&self) -> usize {
+        self.inner.wal.segment_count()
+    }
+
+    /// Waits until queued background work is done.
+    pub fn wait_idle(&self) {
+        let mut tasks = self.inner.tasks.lock();
+        while !tasks.is_empty() {
+            self.inner
+                .wake
+                .wait_for(&mut tasks, std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Err(e) = self.inner.wal.sync() {
+            tracing::error!(error = %e, "final WAL sync failed");
+        }
+    }
+}
+
+fn selected<'a>(
+    region: &'a Region,
+    table: &Table,
+    families: &[&str],
+) -> Result<Vec<(&'a String, &'a Store)>> {
+    if families.is_empty() {
+        return Ok(region.stores.iter().collect());
+    }
+    families
+        .iter()
+        .map(|f| {
+            region
+                .stores
+                .get_key_value(*f)
+                .ok_or_else(|| StorageError::FamilyNotFound {
+                    table: table.id.to_string(),
+                    family: f.to_string(),
+                })
+        })
+        .collect()
+}
+
+fn to_batches(cells: &[Cell], batch_size: usize) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for chunk in cells.chunks(batch_size) {
+        let mut row = BinaryBuilder::new();
+        let mut family = StringBuilder::new();
+        let mut qualifier = BinaryBuilder::new();
+        let mut ts = Int64Builder::new();
+        let mut value = BinaryBuilder::new();
+        for c in chunk {
+            row.append_value(&c.key.row);
+            family.append_value(&c.key.family);
+            qualifier.append_value(&c.key.qualifier);
+            ts.append_value(c.key.ts);
+            value.append_value(&c.value);
+        }
+        out.push(RecordBatch::try_new(
+            cell_schema(),
+            vec![
+                Arc::new(row.finish()),
+                Arc::new(family.finish()),
+                Arc::new(qualifier.finish()),
+                Arc::new(ts.finish()),
+                Arc::new(value.finish()),
+            ],
+        )?);
+    }
+    Ok(out)
+}
+
+fn build_table(dir: &Path, meta: &TableMeta, manifest: &Manifest) -> Result<Table> {
+    let families: BTreeMap<String, FamilyOptions> = meta.families.iter().cloned().collect();
+    let mut regions = Vec::new();
+    for r in manifest.regions.values().filter(|r| r.table == meta.id) {
+        regions.push(Arc::new(build_region(dir, r, &families)?));
+    }
+    regions.sort_by(|a, b| a.start.cmp(&b.start));
+    Ok(Table {
+        id: meta.id,
+        families,
+        regions: RwLock::new(regions),
+    })
+}
+
+fn build_region(
+    dir: &Path,
+    r: &RegionMeta,
+    families: &BTreeMap<String, FamilyOptions>,
+) -> Result<Region> {
+    let mut stores = BTreeMap::new();
+    for (family, options) in families {
+        let files = match r.stores.get(family) {
+            Some(s) => s
+                .files
+                .iter()
+                .map(|id| StoreFile::open(&file_path(dir, *id), *id).map(Arc::new))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        stores.insert(family.clone(), Store::new(family, options.clone(), files));
+    }
+    Ok(Region::new(r.id, r.start.clone(), r.end.clone(), stores))
+}
+
+fn referenced(m: &Manifest) -> HashSet<u64> {
+    m.regions
+        .values()
+        .flat_map(|r| r.stores.values().flat_map(|s| s.files.iter().copied()))
+        .collect()
+}
+
+/// Deletes store files no manifest entry refers to (left by a crash during
+/// flush, compaction or split).
+fn remove_unreferenced_files(dir: &Path, m: &Manifest) -> Result<()> {
+    let keep = referenced(m);
+    let files = dir.join("files");
+    for entry in std::fs::read_dir(&files).map_err(io(&files))?.flatten() {
+        let path = entry.path();
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.split('.').next())
+            .and_then(|s| s.parse::<u64>().ok());
+        let stale =
+            path.extension().is_some_and(|e| e == "tmp") || id.is_none_or(|id| !keep.contains(&id));
+        if stale {
+            tracing::info!(file = %path.display(), "removing unreferenced store file");
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes files `old` referred to and `new` does not. Readers that still
+/// hold one keep its data through their open handle.
+fn delete_released_files(dir: &Path, old: &Manifest, new: &Manifest) {
+    let keep = referenced(new);
+    for id in referenced(old).difference(&keep) {
+        let path = file_path(dir, *id);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "could not delete released store file");
+        }
+    }
+}
+
+impl Inner {
+    fn table(&self, name: &str) -> Result<Arc<Table>> {
+        self.tables
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))
+    }
+
+    fn table_by_id(&self, id: u64) -> Option<Arc<Table>> {
+        self.tables.read().values().find(|t| t.id == id).cloned()
+    }
+
+    fn visible_seq(&self) -> u64 {
+        let in_flight = self.in_flight.lock();
+        match in_flight.first() {
+            Some(first) => first - 1,
+            None => self.wal.last_seq(),
+        }
+    }
+
+    fn with_snapshot(&self, read: &ReadOptions) -> ReadOptions {
+        let mut r = read.clone();
+        r.snapshot = r.snapshot.min(self.visible_seq());
+        r
+    }
+
+    fn write(&self, table: &Arc<Table>, mutations: Vec<Mutation>) -> Result<u64> {
+        for m in &mutations {
+            if !table.families.contains_key(&m.family) {
+                return Err(StorageError::FamilyNotFound {
+                    table: table.id.to_string(),
+                    family: m.family.clone(),
+                });
+            }
+        }
+        loop {
+            let regions = table.regions.read();
+            let mut targets: Vec<Arc<Region>> = Vec::new();
+            for m in &mutations {
+                let r = Table::region_for(&regions, &m.row);
+                if !targets.iter().any(|t| t.id == r.id) {
+                    targets.push(r);
+                }
+            }
+            // Backpressure: too many memstores waiting for a flush.
+            if let Some(r) = targets.iter().find(|r| {
+                r.stores
+                    .values()
+                    .any(|s| s.state.read().frozen.len() >= self.options.max_frozen_memstores)
+            }) {
+                let r = r.clone();
+                drop(regions);
+                self.flush_region(table, &r)?;
+                continue;
+            }
+            targets.sort_by_key(|r| r.id);
+            let gates: Vec<_> = targets.iter().map(|r| r.write_gate.read()).collect();
+            let seq = self.wal.append(table.id, mutations.clone(), |seq| {
+                self.in_flight.lock().insert(seq);
+            });
+            let seq = match seq {
+                Ok(s) => s,
+                Err(e) => {
+                    // The failed append's number never becomes visible.
+                    let last = self.wal.last_seq();
+                    self.in_flight.lock().remove(&last);
+                    return Err(e);
+                }
+            };
+            for m in mutations {
+                let r = targets
+                    .iter()
+                    .find(|r| r.contains(&m.row))
+                    .cloned()
+                    .unwrap_or_else(|| Table::region_for(&regions, &m.row));
+                r.writes.fetch_add(1, Ordering::Relaxed);
+                if let Some(store) = r.stores.get(&m.family) {
+                    store.state.read().active.insert(m.into_cell(seq));
+                }
+            }
+            self.in_flight.lock().remove(&seq);
+            drop(gates);
+            let full: Vec<Arc<Region>> = targets
+                .into_iter()
+                .filter(|r| {
+                    r.stores
+                        .values()
+                        .any(|s| s.state.read().active.bytes() >= self.options.memstore_flush_bytes)
+                })
+                .collect();
+            drop(regions);
+            for r in full {
+                if self.freeze_region(&r) {
+                    if self.options.background {
+                        self.enqueue(Task::Flush(table.id, r.id));
+                    } else {
+                        self.after_write_maintenance(table, &r)?;
+                    }
+                }
+            }
+            return Ok(seq);
+        }
+    }
+
+    /// Without a background thread, the writer does the maintenance.
+    fn after_write_maintenance(&self, table: &Arc<Table>, r: &Arc<Region>) -> Result<()> {
+        self.flush_region(table, r)?;
+        if r.stores
+            .values()
+            .any(|s| s.state.read().files.len() >= self.options.compaction_min_files)
+        {
+            self.compact_region(table, r, false)?;
+        }
+        self.maybe_split(table, r.id)?;
+        self.purge_wal()
+    }
+
+    fn enqueue(&self, task: Task) {
+        let mut tasks = self.tasks.lock();
+        if !tasks.contains(&task) {
+            tasks.push_back(task);
+        }
+        self.wake.notify_all();
+    }
+
+    fn freeze_region(&self, r: &Region) -> bool {
+        let _gate = r.write_gate.write();
+        r.freeze(self.wal.last_seq())
+    }
+
+    /// Writes every frozen memstore of the region to a store file.
+    fn flush_region(&self, table: &Table, r: &Region) -> Result<()> {
+        for store in r.stores.values() {
+            let _m = store.maintenance.lock();
+            loop {
+                let Some((mem, seq)) = store.state.read().frozen.first().cloned() else {
+                    break;
+                };
+                let cells = mem.all();
+                let file = if cells.is_empty() {
+                    None
+                } else {
+                    let id = self.manifest.lock().allocate_id();
+                    Some(write_file(&self.dir, id, store, &cells)?)
+                };
+                {
+                    let mut m = self.manifest.lock();
+                    let mut next = m.clone();
+                    let Some(meta) = next.regions.get_mut(&r.id) else {
+                        return Err(StorageError::RegionNotFound(r.id));
+                    };
+                    let s = meta.stores.entry(store.family.clone()).or_default();
+                    s.flushed_seq = s.flushed_seq.max(seq);
+                    if let Some(f) = &file {
+                        s.files.push(f.id);
+                    }
+                    next.store(&self.dir)?;
+                    *m = next;
+                    let mut state = store.state.write();
+                    if let Some(f) = file {
+                        state.files.push(f);
+                    }
+                    state.frozen.remove(0);
+                }
+                tracing::debug!(table = table.id, region = r.id, family = %store.family, cells = cells.len(), "flushed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a store's files. Minor merges everything as is; major keeps
+    /// only what a reader can see (dropping deletes, expired cells, surplus
+    /// versions and cells outside the region).
+    fn compact_region(&self, table: &Table, r: &Region, major: bool) -> Result<()> {
+        for store in r.stores.values() {
+            let _m = store.maintenance.lock();
+            let files = store.state.read().files.clone();
+            let out_of_range = files.iter().any(|f| {
+                f.min_row.as_slice() < r.start.as_slice()
+                    || (!r.end.is_empty() && f.max_row.as_slice() >= r.end.as_slice())
+            });
+            if files.len() < 2 && !(major || out_of_range) || files.is_empty() {
+                continue;
+            }
+            let mut sources = Vec::new();
+            for f in &files {
+                sources.push(f.read_range(&r.start, &r.end)?);
+            }
+            let merged = merge(sources);
+            let cells = if major {
+                let read = ReadOptions {
+                    max_versions: store.options.max_versions,
+                    ..Default::default()
+                };
+                resolve(&merged, &store.options, &read)
+            } else {
+                merged
+            };
+            let new = if cells.is_empty() {
+                None
+            } else {
+                let id = self.manifest.lock().allocate_id();
+                Some(write_file(&self.dir, id, store, &cells)?)
+            };
+            let replaced: HashSet<u64> = files.iter().map(|f| f.id).collect();
+            let mut m = self.manifest.lock();
+            let mut next = m.clone();
+            let meta = next
+                .regions
+                .get_mut(&r.id)
+                .ok_or(StorageError::RegionNotFound(r.id))?;
+            let s = meta.stores.entry(store.family.clone()).or_default();
+            s.files.retain(|id| !replaced.contains(id));
+            if let Some(f) = &new {
+                s.files.insert(0, f.id);
+            }
+            next.store(&self.dir)?;
+            let old = std::mem::replace(&mut *m, next);
+            {
+                let mut state = store.state.write();
+                state.files.retain(|f| !replaced.contains(&f.id));
+                if let Some(f) = new {
+                    state.files.insert(0, f);
+                }
+            }
+            delete_released_files(&self.dir, &old, &m);
+            tracing::debug!(table = table.id, region = r.id, family = %store.family, major, inputs = files.len(), "compacted");
+        }
+        Ok(())
+    }
+
+    fn maybe_split(&self, table: &Arc<Table>, region: u64) -> Result<bool> {
+        let r = match table.regions.read().iter().find(|r| r.id == region) {
+            Some(r) => r.clone(),
+            None => return Ok(false),
+        };
+        if r.size() < self.options.region_split_bytes {
+            return Ok(false);
+        }
+        if r.has_references() {
+            self.compact_region(table, &r, true)?;
+        }
+        match r.split_point() {
+            Some(key) => {
+                self.split(table, region, &key)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Splits a region at `key` into two daughters that share its files
+    /// until compaction rewrites them.
+    fn split(&self, table: &Table, region: u64, key: &[u8]) -> Result<()> {
+        let mut regions = table.regions.write();
+        let idx = regions
+            .iter()
+            .position(|r| r.id == region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        let parent = regions[idx].clone();
+        if key <= parent.start.as_slice() || !parent.contains(key) {
+            return Err(StorageError::InvalidSplit {
+                region,
+                reason: "the key is not strictly inside the region",
+            });
+        }
+        parent.freeze(self.wal.last_seq());
+        self.flush_region(table, &parent)?;
+        let mut m = self.manifest.lock();
+        let mut next = m.clone();
+        let meta = next
+            .regions
+            .remove(&region)
+            .ok_or(StorageError::RegionNotFound(region))?;
+        let left_id = next.allocate_id();
+        let right_id = next.allocate_id();
+        let left = RegionMeta {
+            id: left_id,
+            table: meta.table,
+            start: meta.start.clone(),
+            end: key.to_vec(),
+            stores: meta.stores.clone(),
+        };
+        let right = RegionMeta {
+            id: right_id,
+            table: meta.table,
+            start: key.to_vec(),
+            end: meta.end.clone(),
+            stores: meta.stores.clone(),
+        };
+        let daughters = [left, right];
+        let mut built = Vec::new();
+        for d in &daughters {
+            let mut stores = BTreeMap::new();
+            for (family, store) in &parent.stores {
+                stores.insert(
+                    family.clone(),
+                    Store::new(
+                        family,
+                        store.options.clone(),
+                        store.state.read().files.clone(),
+                    ),
+                );
+            }
+            built.push(Arc::new(Region::new(
+                d.id,
+                d.start.clone(),
+                d.end.clone(),
+                stores,
+            )));
+        }
+        for d in daughters {
+            next.regions.insert(d.id, d);
+        }
+        next.store(&self.dir)?;
+        *m = next;
+        drop(m);
+        regions.splice(idx..=idx, built);
+        tracing::info!(
+            table = table.id,
+            region,
+            left = left_id,
+            right = right_id,
+            "region split"
+        );
+        drop(regions);
+        if self.options.background {
+            self.enqueue(Task::Compact(table.id, left_id, true));
+            self.enqueue(Task::Compact(table.id, right_id, true));
+        }
+        Ok(())
+    }
+
+    fn merge(&self, table: &Arc<Table>, left: u64, right: u64) -> Result<()> {
+        let (l, r) = {
+            let regions = table.regions.read();
+            let find = |id| {
+                regions
+                    .iter()
+                    .find(|r| r.id == id)
+                    .cloned()
+                    .ok_or(StorageError::RegionNotFound(id))
+            };
+            (find(left)?, find(right)?)
+        };
+        if l.end != r.start || l.end.is_empty() {
+            return Err(StorageError::NotAdjacent(left, right));
+        }
+        // Rewrite files reaching outside each region so the union is exact.
+        self.compact_region(table, &l, true)?;
+        self.compact_region(table, &r, true)?;
+        let mut regions = table.regions.write();
+        let idx = regions
+            .iter()
+            .position(|x| x.id == left)
+            .ok_or(StorageError::RegionNotFound(left))?;
+        if regions.get(idx + 1).map(|x| x.id) != Some(right) {
+            return Err(StorageError::NotAdjacent(left, right));
+        }
+        for x in [&l, &r] {
+            x.freeze(self.wal.last_seq());
+            self.flush_region(table, x)?;
+        }
+        let mut m = self.manifest.lock();
+        let mut next = m.clone();
+        let lm = next
+            .regions
+            .remove(&left)
+            .ok_or(StorageError::RegionNotFound(left))?;
+        let rm = next
+            .regions
+            .remove(&right)
+            .ok_or(StorageError::RegionNotFound(right))?;
+        let id = next.allocate_id();
+        let mut stores = lm.stores.clone();
+        for (family, s) in rm.stores {
+            let e = stores.entry(family).or_default();
+            e.flushed_seq = e.flushed_seq.max(s.flushed_seq);
+            e.files.extend(s.files);
+        }
+        let merged = RegionMeta {
+            id,
+            table: lm.table,
+            start: lm.start.clone(),
+            end: rm.end.clone(),
+            stores,
+        };
+        let mut built_stores = BTreeMap::new();
+        for (family, store) in &l.stores {
+            let mut files = store.state.read().files.clone();
+            if let Some(rs) = r.stores.get(family) {
+                files.extend(rs.state.read().files.clone());
+            }
+            built_stores.insert(
+                family.clone(),
+                Store::new(family, store.options.clone(), files),
+            );
+        }
+        let region = Arc::new(Region::new(
+            id,
+            merged.start.clone(),
+            merged.end.clone(),
+            built_stores,
+        ));
+        next.regions.insert(id, merged);
+        next.store(&self.dir)?;
+        *m = next;
+        regions.splice(idx..=idx + 1, [region]);
+        tracing::info!(table = table.id, left, right, merged = id, "regions merged");
+        Ok(())
+    }
+
+    /// Deletes WAL segments whose edits are all in store files.
+    fn purge_wal(&self) -> Result<()> {
+        let mut bound = self.visible_seq() + 1;
+        for t in self.tables.read().values() {
+            for r in t.regions.read().iter() {
+                for s in r.stores.values() {
+                    if let Some(min) = s.min_unflushed() {
+                        bound = bound.min(min);
+                    }
+                }
+            }
+        }
+        self.wal.purge(bound)?;
+        Ok(())
+    }
+
+    fn run_tasks(&self) {
+        loop {
+            let task = {
+                let mut tasks = self.tasks.lock();
+                loop {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Some(t) = tasks.front().copied() {
+                        break t;
+                    }
+                    self.wake
+                        .wait_for(&mut tasks, std::time::Duration::from_millis(100));
+                }
+            };
+            if let Err(e) = self.run_task(task) {
+                tracing::error!(?task, error = %e, "background task failed");
+            }
+            self.tasks.lock().pop_front();
+            self.wake.notify_all();
+        }
+    }
+
+    fn run_task(&self, task: Task) -> Result<()> {
+        let (table_id, region_id) = match task {
+            Task::Flush(t, r) | Task::Compact(t, r, _) | Task::MaybeSplit(t, r) => (t, r),
+        };
+        let Some(table) = self.table_by_id(table_id) else {
+            return Ok(());
+        };
+        let Some(region) = table
+            .regions
+            .read()
+            .iter()
+            .find(|r| r.id == region_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        match task {
+            Task::Flush(..) => {
+                self.flush_region(&table, &region)?;
+                self.purge_wal()?;
+                if region
+                    .stores
+                    .values()
+                    .any(|s| s.state.read().files.len() >= self.options.compaction_min_files)
+                {
+                    self.enqueue(Task::Compact(table_id, region_id, false));
+                }
+                self.enqueue(Task::MaybeSplit(table_id, region_id));
+            }
+            Task::Compact(_, _, major) => self.compact_region(&table, &region, major)?,
+            Task::MaybeSplit(..) => {
+                self.maybe_split(&table, region_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_sync(&self) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(self.options.batch_sync_interval);
+            if let Err(e) = self.wal.sync() {
+                tracing::error!(error = %e, "WAL sync failed");
+            }
+        }
+    }
+}

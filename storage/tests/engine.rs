@@ -1,0 +1,498 @@
+//! Engine tests: reopen, torn WAL tails, flush/compaction/split/merge, and
+//! a model test against a BTreeMap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{AsArray, RecordBatch};
+use proptest::prelude::*;
+use tidebase_storage::{
+    Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy, WalRecord,
+};
+
+fn tiny() -> EngineOptions {
+    EngineOptions {
+        sync: SyncPolicy::None,
+        memstore_flush_bytes: 2048,
+        region_split_bytes: 8 * 1024,
+        compaction_min_files: 3,
+        wal_segment_bytes: 4096,
+        background: false,
+        ..Default::default()
+    }
+}
+
+fn families() -> Vec<(String, FamilyOptions)> {
+    vec![
+        (
+            "f".into(),
+            FamilyOptions {
+                max_versions: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "g".into(),
+            FamilyOptions {
+                max_versions: 1,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+/// (row, family, qualifier, value) of a cell.
+type Flat = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
+/// Every cell in the batches, flattened.
+fn cells(batches: &[RecordBatch]) -> Vec<Flat> {
+    let mut out = Vec::new();
+    for b in batches {
+        let row = b.column(0).as_binary::<i32>();
+        let fam = b.column(1).as_string::<i32>();
+        let q = b.column(2).as_binary::<i32>();
+        let v = b.column(4).as_binary::<i32>();
+        for i in 0..b.num_rows() {
+            out.push((
+                row.value(i).to_vec(),
+                fam.value(i).to_string(),
+                q.value(i).to_vec(),
+                v.value(i).to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn reopen_without_flush_replays_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        background: false,
+        ..Default::default()
+    };
+    {
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        e.create_table("t", families()).unwrap();
+        for i in 0..100u32 {
+            e.write(
+                "t",
+                vec![Mutation::put(
+                    format!("r{i:03}").as_bytes(),
+                    "f",
+                    b"q",
+                    1,
+                    &i.to_le_bytes(),
+                )],
+            )
+            .unwrap();
+        }
+    }
+    let e = Engine::open(dir.path(), opts).unwrap();
+    let all = cells(
+        &e.scan(
+            "t",
+            &ScanOptions {
+                batch_size: 7,
+                ..ScanOptions::range(b"", b"")
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(all.len(), 100);
+    assert_eq!(all[42].3, 42u32.to_le_bytes().to_vec());
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.into_iter()
+        .rev()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 8)
+        .expect("a segment with records")
+}
+
+#[test]
+fn torn_tail_at_every_offset_keeps_exactly_the_committed_prefix() {
+    let base = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        background: false,
+        sync: SyncPolicy::Always,
+        ..Default::default()
+    };
+    {
+        let e = Engine::open(base.path(), opts.clone()).unwrap();
+        e.create_table("t", families()).unwrap();
+        for i in 0..5u8 {
+            e.write(
+                "t",
+                vec![
+                    Mutation::put(&[i], "f", b"a", 1, b"x"),
+                    Mutation::put(&[i], "g", b"b", 1, b"y"),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let seg = last_segment(base.path());
+    let data = std::fs::read(&seg).unwrap();
+    // Find where the last record starts.
+    let mut pos = 8;
+    let mut last_start = 8;
+    while pos < data.len() {
+        let (_, used) = WalRecord::decode(&data[pos..]).unwrap().unwrap();
+        last_start = pos;
+        pos += used;
+    }
+    for cut in last_start..=data.len() {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), copy.path());
+        let seg_copy = copy.path().join("wal").join(seg.file_name().unwrap());
+        std::fs::write(&seg_copy, &data[..cut]).unwrap();
+        let e = Engine::open(copy.path(), opts.clone()).unwrap();
+        let rows: Vec<u8> = cells(
+            &e.scan(
+                "t",
+                &ScanOptions {
+                    batch_size: 100,
+                    ..ScanOptions::range(b"", b"")
+                },
+            )
+            .unwrap(),
+        )
+        .iter()
+        .map(|c| c.0[0])
+        .collect();
+        let expected: Vec<u8> = if cut == data.len() {
+            vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+        } else {
+            vec![0, 0, 1, 1, 2, 2, 3, 3]
+        };
+        assert_eq!(rows, expected, "cut at {cut}");
+        // The engine stays writable after cutting.
+        e.write("t", vec![Mutation::put(b"z", "f", b"a", 1, b"x")])
+            .unwrap();
+    }
+}
+
+#[test]
+fn corruption_before_the_tail_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        background: false,
+        ..Default::default()
+    };
+    {
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        e.create_table("t", families()).unwrap();
+        e.write("t", vec![Mutation::put(b"a", "f", b"q", 1, b"v")])
+            .unwrap();
+    }
+    {
+        // A second open starts a new segment, so the first is no longer last.
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        e.write("t", vec![Mutation::put(b"b", "f", b"q", 1, b"v")])
+            .unwrap();
+    }
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let first = segs
+        .iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 8)
+        .unwrap()
+        .clone();
+    let mut data = std::fs::read(&first).unwrap();
+    let n = data.len();
+    data[n - 2] ^= 0xff;
+    std::fs::write(&first, data).unwrap();
+    let err = Engine::open(dir.path(), opts)
+        .err()
+        .expect("corruption detected");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(first.file_name().unwrap().to_str().unwrap()) && msg.contains("offset"),
+        "{msg}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn versions_flush_compaction_split_and_merge_keep_the_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), tiny()).unwrap();
+    e.create_table(
+        "t",
+        vec![(
+            "f".into(),
+            FamilyOptions {
+                max_versions: 3,
+                ..Default::default()
+            },
+        )],
+    )
+    .unwrap();
+    for ts in 1..=5 {
+        e.write(
+            "t",
+            vec![Mutation::put(
+                b"k",
+                "f",
+                b"q",
+                ts,
+                format!("v{ts}").as_bytes(),
+            )],
+        )
+        .unwrap();
+    }
+    let three = ReadOptions {
+        max_versions: 10,
+        ..Default::default()
+    };
+    let versions = |e: &Engine| -> Vec<i64> {
+        e.get("t", b"k", &[], &three)
+            .unwrap()
+            .iter()
+            .map(|c| c.key.ts)
+            .collect()
+    };
+    assert_eq!(versions(&e), vec![5, 4, 3]);
+    e.flush("t").unwrap();
+    e.compact("t", true).unwrap();
+    assert_eq!(versions(&e), vec![5, 4, 3]);
+    let files = e.store_files("t").unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        files[0].cells, 3,
+        "major compaction keeps max_versions cells"
+    );
+
+    for i in 0..2000u32 {
+        e.write(
+            "t",
+            vec![Mutation::put(
+                format!("row{i:05}").as_bytes(),
+                "f",
+                b"q",
+                1,
+                &[7u8; 32],
+            )],
+        )
+        .unwrap();
+    }
+    e.flush("t").unwrap();
+    while e.split_large_regions("t").unwrap() > 0 {}
+    let regions = e.regions("t").unwrap();
+    assert!(regions.len() > 1, "splits happened: {regions:?}");
+    assert_eq!(
+        cells(
+            &e.scan(
+                "t",
+                &ScanOptions {
+                    batch_size: 100,
+                    ..ScanOptions::range(b"row", b"rox")
+                }
+            )
+            .unwrap()
+        )
+        .len(),
+        2000
+    );
+    for w in regions.windows(2) {
+        assert_eq!(w[0].end, w[1].start, "regions tile the key space");
+    }
+    e.merge_regions("t", regions[0].id, regions[1].id).unwrap();
+    assert_eq!(e.regions("t").unwrap().len(), regions.len() - 1);
+    assert_eq!(
+        cells(
+            &e.scan(
+                "t",
+                &ScanOptions {
+                    batch_size: 100,
+                    ..ScanOptions::range(b"row", b"rox")
+                }
+            )
+            .unwrap()
+        )
+        .len(),
+        2000
+    );
+    drop(e);
+    let e = Engine::open(dir.path(), tiny()).unwrap();
+    assert_eq!(e.regions("t").unwrap().len(), regions.len() - 1);
+    assert_eq!(
+        cells(
+            &e.scan(
+                "t",
+                &ScanOptions {
+                    batch_size: 100,
+                    ..ScanOptions::range(b"row", b"rox")
+                }
+            )
+            .unwrap()
+        )
+        .len(),
+        2000
+    );
+    assert_eq!(versions(&e), vec![5, 4, 3]);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, bool, u8, u8),
+    Delete(u8, bool, u8),
+    DeleteFamily(u8, bool),
+    Get(u8),
+    Scan(u8, u8),
+    Flush,
+    Compact(bool),
+    Split,
+    SplitAt(u8),
+    Merge,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => (0u8..40, any::<bool>(), 0u8..3, any::<u8>()).prop_map(|(r, f, q, v)| Op::Put(r, f, q, v)),
+        2 => (0u8..40, any::<bool>(), 0u8..3).prop_map(|(r, f, q)| Op::Delete(r, f, q)),
+        1 => (0u8..40, any::<bool>()).prop_map(|(r, f)| Op::DeleteFamily(r, f)),
+        3 => (0u8..40).prop_map(Op::Get),
+        2 => (0u8..40, 0u8..40).prop_map(|(a, b)| Op::Scan(a.min(b), a.max(b))),
+        1 => Just(Op::Flush),
+        1 => any::<bool>().prop_map(Op::Compact),
+        1 => Just(Op::Split),
+        1 => (1u8..40).prop_map(Op::SplitAt),
+        1 => Just(Op::Merge),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn row(r: u8) -> Vec<u8> {
+    format!("row{r:02}").into_bytes()
+}
+
+type Oracle = BTreeMap<(Vec<u8>, String, Vec<u8>), Vec<u8>>;
+
+fn expected(oracle: &Oracle, start: &[u8], end: &[u8]) -> Vec<Flat> {
+    oracle
+        .iter()
+        .filter(|((r, _, _), _)| r.as_slice() >= start && r.as_slice() < end)
+        .map(|((r, f, q), v)| (r.clone(), f.clone(), q.clone(), v.clone()))
+        .collect()
+}
+
+fn run_model(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        memstore_flush_bytes: 600,
+        region_split_bytes: 6000,
+        ..tiny()
+    };
+    let mut e = Engine::open(dir.path(), opts.clone()).unwrap();
+    e.create_table("t", families()).unwrap();
+    let mut oracle = Oracle::new();
+    for (ts, op) in ops.into_iter().enumerate() {
+        let ts = ts as i64 + 1;
+        let fam = |g: bool| if g { "g" } else { "f" };
+        match op {
+            Op::Put(r, g, q, v) => {
+                let val = vec![v; 20];
+                e.write("t", vec![Mutation::put(&row(r), fam(g), &[q], ts, &val)])
+                    .unwrap();
+                oracle.insert((row(r), fam(g).into(), vec![q]), val);
+            }
+            Op::Delete(r, g, q) => {
+                e.write("t", vec![Mutation::delete(&row(r), fam(g), &[q], ts)])
+                    .unwrap();
+                oracle.remove(&(row(r), fam(g).into(), vec![q]));
+            }
+            Op::DeleteFamily(r, g) => {
+                e.write("t", vec![Mutation::delete_family(&row(r), fam(g), ts)])
+                    .unwrap();
+                oracle.retain(|(rr, f, _), _| !(rr == &row(r) && f == fam(g)));
+            }
+            Op::Get(r) => {
+                let got: Vec<_> = e
+                    .get("t", &row(r), &[], &ReadOptions::default())
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| (c.key.row, c.key.family, c.key.qualifier, c.value))
+                    .collect();
+                let mut end = row(r);
+                end.push(0);
+                assert_eq!(got, expected(&oracle, &row(r), &end), "get {r}");
+            }
+            Op::Scan(a, b) => {
+                let got = cells(
+                    &e.scan(
+                        "t",
+                        &ScanOptions {
+                            batch_size: 5,
+                            ..ScanOptions::range(&row(a), &row(b))
+                        },
+                    )
+                    .unwrap(),
+                );
+                assert_eq!(got, expected(&oracle, &row(a), &row(b)), "scan {a}..{b}");
+            }
+            Op::Flush => e.flush("t").unwrap(),
+            Op::Compact(major) => e.compact("t", major).unwrap(),
+            Op::Split => {
+                e.split_large_regions("t").unwrap();
+            }
+            Op::SplitAt(r) => {
+                let key = row(r);
+                if !e.regions("t").unwrap().iter().any(|x| x.start == key) {
+                    e.split_at("t", &key).unwrap();
+                }
+            }
+            Op::Merge => {
+                let regions = e.regions("t").unwrap();
+                if regions.len() > 1 {
+                    e.merge_regions("t", regions[0].id, regions[1].id).unwrap();
+                }
+            }
+            Op::Reopen => {
+                drop(e);
+                e = Engine::open(dir.path(), opts.clone()).unwrap();
+            }
+        }
+    }
+    let got = cells(
+        &e.scan(
+            "t",
+            &ScanOptions {
+                batch_size: 3,
+                ..ScanOptions::range(b"", b"")
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(got, expected(&oracle, b"", b"\xff"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn engine_matches_a_btreemap(ops in proptest::collection::vec(op(), 1..300)) {
+        run_model(ops);
+    }
+}
