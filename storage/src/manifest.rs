@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{io, Result, StorageError};
 use crate::options::{BloomKind, Compression, FamilyOptions};
-use crate::store_file::unhex;
+use crate::store_file::{self, unhex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableMeta {
@@ -55,11 +55,12 @@ pub struct Manifest {
     pub regions: BTreeMap<u64, RegionMeta>,
 }
 
+/// Hex, with `-` for empty so every field is a non-empty word.
 fn hex(b: &[u8]) -> String {
     if b.is_empty() {
         return "-".into();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    store_file::hex(b)
 }
 
 fn unhex_field(s: &str) -> Option<Vec<u8>> {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
+    AsArray, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 use parquet::arrow::arrow_reader::{
@@ -73,7 +73,7 @@ impl std::fmt::Debug for StoreFile {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -361,7 +361,6 @@ impl StoreFile {
                     value: value.value(i).to_vec(),
                 });
             }
-            let _ = batch.column(0).len();
         }
         Ok(out)
     }

@@ -301,57 +301,27 @@ fn versions_flush_compaction_split_and_merge_keep_the_answers() {
     while e.split_large_regions("t").unwrap() > 0 {}
     let regions = e.regions("t").unwrap();
     assert!(regions.len() > 1, "splits happened: {regions:?}");
-    assert_eq!(
-        cells(
-            &e.scan(
-                "t",
-                &ScanOptions {
-                    batch_size: 100,
-                    ..ScanOptions::range(b"row", b"rox")
-                }
-            )
-            .unwrap()
-        )
-        .len(),
-        2000
-    );
+    assert_eq!(scanned_rows(&e), 2000);
     for w in regions.windows(2) {
         assert_eq!(w[0].end, w[1].start, "regions tile the key space");
     }
     e.merge_regions("t", regions[0].id, regions[1].id).unwrap();
     assert_eq!(e.regions("t").unwrap().len(), regions.len() - 1);
-    assert_eq!(
-        cells(
-            &e.scan(
-                "t",
-                &ScanOptions {
-                    batch_size: 100,
-                    ..ScanOptions::range(b"row", b"rox")
-                }
-            )
-            .unwrap()
-        )
-        .len(),
-        2000
-    );
+    assert_eq!(scanned_rows(&e), 2000);
     drop(e);
     let e = Engine::open(dir.path(), tiny()).unwrap();
     assert_eq!(e.regions("t").unwrap().len(), regions.len() - 1);
-    assert_eq!(
-        cells(
-            &e.scan(
-                "t",
-                &ScanOptions {
-                    batch_size: 100,
-                    ..ScanOptions::range(b"row", b"rox")
-                }
-            )
-            .unwrap()
-        )
-        .len(),
-        2000
-    );
+    assert_eq!(scanned_rows(&e), 2000);
     assert_eq!(versions(&e), vec![5, 4, 3]);
+}
+
+/// Cells of rows `row...` scanned in batches of 100.
+fn scanned_rows(e: &Engine) -> usize {
+    let scan = ScanOptions {
+        batch_size: 100,
+        ..ScanOptions::range(b"row", b"rox")
+    };
+    cells(&e.scan("t", &scan).unwrap()).len()
 }
 
 #[derive(Debug, Clone)]
