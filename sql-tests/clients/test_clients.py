@@ -190,6 +190,10 @@ class Clients(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    if "TIDEBASE_BIN" not in os.environ:
+        # `cargo test` does not build another crate's binary; build (or confirm) it here.
+        subprocess.run(["cargo", "build", "--quiet", "-p", "tidebase-server", "--bin", "tidebase"],
+                       cwd=ROOT, check=True)
     if not os.path.exists(BINARY):
-        sys.exit(f"{BINARY} not found: run cargo build first")
+        sys.exit(f"{BINARY} not found")
     unittest.main(verbosity=2)
