@@ -14,6 +14,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::cell::{Cell, Mutation};
 use crate::error::{io, Result, StorageError};
 use crate::manifest::{Manifest, RegionMeta, StoreMeta, TableMeta};
+use crate::metrics::{EngineMetrics, Metrics};
 use crate::options::{EngineOptions, FamilyOptions, SyncPolicy};
 use crate::read::{merge, resolve, ReadOptions};
 use crate::region::{file_path, write_file, Region, Store};
@@ -55,6 +56,8 @@ pub struct StoreFileInfo {
     pub path: PathBuf,
     pub cells: u64,
     pub bytes: u64,
+    /// The newest edit the file holds.
+    pub max_seq: u64,
 }
 
 /// What a scan reads.
@@ -112,6 +115,7 @@ struct Inner {
     tasks: Mutex<VecDeque<Task>>,
     wake: Condvar,
     stopping: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 /// The storage engine.
@@ -138,9 +142,10 @@ impl Engine {
         std::fs::create_dir_all(dir.join("files")).map_err(io(dir))?;
         let manifest = Manifest::load(dir)?.unwrap_or_default();
         remove_unreferenced_files(dir, &manifest)?;
+        let metrics = Arc::new(Metrics::default());
         let mut tables = BTreeMap::new();
         for t in manifest.tables.values() {
-            let table = build_table(dir, t, &manifest)?;
+            let table = build_table(dir, t, &manifest, &metrics)?;
             tables.insert(t.name.clone(), Arc::new(table));
         }
         let by_id: BTreeMap<u64, Arc<Table>> = tables.values().map(|t| (t.id, t.clone())).collect();
@@ -194,6 +199,7 @@ impl Engine {
             tasks: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         });
         let mut workers = Vec::new();
         if options.background {
@@ -250,7 +256,7 @@ impl Engine {
         );
         next.tables.insert(id, meta.clone());
         next.store(&inner.dir)?;
-        let table = build_table(&inner.dir, &meta, &next)?;
+        let table = build_table(&inner.dir, &meta, &next, &inner.metrics)?;
         *m = next;
         tables.insert(name.to_string(), Arc::new(table));
         Ok(())
@@ -287,6 +293,14 @@ impl Engine {
     /// Returns the batch's sequence number.
     pub fn write(&self, table: &str, mutations: Vec<Mutation>) -> Result<u64> {
         self.inner.write(&self.table(table)?, mutations)
+    }
+
+    /// The engine's counters since it was opened.
+    pub fn metrics(&self) -> EngineMetrics {
+        EngineMetrics {
+            wal_bytes: self.inner.wal.bytes_written(),
+            ..self.inner.metrics.snapshot()
+        }
     }
 
     /// The highest sequence number whose effects every reader sees.
@@ -395,8 +409,14 @@ impl Engine {
             (false, true) => end.to_vec(),
             (false, false) => end.min(region.end.as_slice()).to_vec(),
         };
+        let stores = selected(region, table, &families)?;
+        if let [(_, store)] = stores.as_slice() {
+            if let Some(batches) = store.scan_batches(&lo, &hi, read, batch_size)? {
+                return Ok(batches);
+            }
+        }
         let mut per_family = Vec::new();
-        for (_, store) in selected(region, table, &families)? {
+        for (_, store) in stores {
             per_family.push(store.read(&lo, &hi, false, read)?);
         }
         let cells = merge(per_family);
@@ -483,6 +503,7 @@ impl Engine {
                         path: f.path.clone(),
                         cells: f.cells,
                         bytes: f.size,
+                        max_seq: f.max_seq,
                     });
                 }
             }
@@ -570,11 +591,16 @@ fn to_batches(cells: &[Cell], batch_size: usize) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-fn build_table(dir: &Path, meta: &TableMeta, manifest: &Manifest) -> Result<Table> {
+fn build_table(
+    dir: &Path,
+    meta: &TableMeta,
+    manifest: &Manifest,
+    metrics: &Arc<Metrics>,
+) -> Result<Table> {
     let families: BTreeMap<String, FamilyOptions> = meta.families.iter().cloned().collect();
     let mut regions = Vec::new();
     for r in manifest.regions.values().filter(|r| r.table == meta.id) {
-        regions.push(Arc::new(build_region(dir, r, &families)?));
+        regions.push(Arc::new(build_region(dir, r, &families, metrics)?));
     }
     regions.sort_by(|a, b| a.start.cmp(&b.start));
     Ok(Table {
@@ -588,6 +614,7 @@ fn build_region(
     dir: &Path,
     r: &RegionMeta,
     families: &BTreeMap<String, FamilyOptions>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Region> {
     let mut stores = BTreeMap::new();
     for (family, options) in families {
@@ -595,7 +622,7 @@ fn build_region(
             Some(s) => s
                 .files
                 .iter()
-                .map(|id| StoreFile::open(&file_path(dir, *id), *id).map(Arc::new))
+                .map(|id| StoreFile::open(&file_path(dir, *id), *id, metrics).map(Arc::new))
                 .collect::<Result<Vec<_>>>()?,
             None => Vec::new(),
         };
@@ -681,6 +708,11 @@ impl Inner {
                 });
             }
         }
+        let user_bytes: usize = mutations
+            .iter()
+            .map(|m| m.row.len() + m.qualifier.len() + m.value.len())
+            .sum();
+        Metrics::add(&self.metrics.user_bytes, user_bytes as u64);
         loop {
             let regions = table.regions.read();
             let mut targets: Vec<Arc<Region>> = Vec::new();
@@ -703,7 +735,7 @@ impl Inner {
             }
             targets.sort_by_key(|r| r.id);
             let gates: Vec<_> = targets.iter().map(|r| r.write_gate.read()).collect();
-            let seq = self.wal.append(table.id, mutations.clone(), |seq| {
+            let seq = self.wal.append(table.id, &mutations, |seq| {
                 self.in_flight.lock().insert(seq);
             });
             let seq = match seq {
@@ -789,7 +821,9 @@ impl Inner {
                     None
                 } else {
                     let id = self.manifest.lock().allocate_id();
-                    Some(write_file(&self.dir, id, store, &cells)?)
+                    let f = write_file(&self.dir, id, store, &cells, &self.metrics)?;
+                    Metrics::add(&self.metrics.flush_bytes, f.size);
+                    Some(f)
                 };
                 {
                     let mut m = self.manifest.lock();
@@ -840,7 +874,7 @@ impl Inner {
                     max_versions: store.options.max_versions,
                     ..Default::default()
                 };
-                resolve(&merged, &store.options, &read)
+                resolve(merged, &store.options, &read)
             } else {
                 merged
             };
@@ -848,7 +882,9 @@ impl Inner {
                 None
             } else {
                 let id = self.manifest.lock().allocate_id();
-                Some(write_file(&self.dir, id, store, &cells)?)
+                let f = write_file(&self.dir, id, store, &cells, &self.metrics)?;
+                Metrics::add(&self.metrics.compaction_bytes, f.size);
+                Some(f)
             };
             let replaced: HashSet<u64> = files.iter().map(|f| f.id).collect();
             let mut m = self.manifest.lock();

@@ -26,15 +26,17 @@ mod engine;
 mod error;
 mod manifest;
 mod memstore;
+mod metrics;
 mod options;
 mod read;
 mod region;
-pub mod store_file;
+mod store_file;
 mod wal;
 
 pub use cell::{Cell, CellKey, CellKind, Mutation};
 pub use engine::{cell_schema, Engine, RegionInfo, ScanOptions, StoreFileInfo};
 pub use error::{Result, StorageError};
+pub use metrics::EngineMetrics;
 pub use options::{BloomKind, Compression, EngineOptions, FamilyOptions, SyncPolicy};
 pub use read::{now_ms, ReadOptions};
 pub use wal::WalRecord;

@@ -54,19 +54,20 @@ impl MemStore {
         self.cells.read().is_empty()
     }
 
-    /// Copies the cells whose row is in `[start, end)` (`end` empty = no end).
-    pub fn range(&self, start: &[u8], end: &[u8]) -> Vec<Cell> {
-        let lower = CellKey {
-            row: start.to_vec(),
-            family: String::new(),
-            qualifier: Vec::new(),
-            ts: i64::MAX,
-            seq: u64::MAX,
-            kind: CellKind::Put,
-        };
+    /// Whether any cell's row is in `[start, end)` (`end` empty = no end).
+    pub fn has_range(&self, start: &[u8], end: &[u8]) -> bool {
         let cells = self.cells.read();
         cells
-            .range((Bound::Included(lower), Bound::Unbounded))
+            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
+            .next()
+            .is_some_and(|(k, _)| end.is_empty() || k.row.as_slice() < end)
+    }
+
+    /// Copies the cells whose row is in `[start, end)` (`end` empty = no end).
+    pub fn range(&self, start: &[u8], end: &[u8]) -> Vec<Cell> {
+        let cells = self.cells.read();
+        cells
+            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
             .take_while(|(k, _)| end.is_empty() || k.row.as_slice() < end)
             .map(|(k, v)| Cell {
                 key: k.clone(),
@@ -78,6 +79,18 @@ impl MemStore {
     /// All cells in order.
     pub fn all(&self) -> Vec<Cell> {
         self.range(&[], &[])
+    }
+}
+
+/// The smallest key of `row`.
+fn lower_bound(row: &[u8]) -> CellKey {
+    CellKey {
+        row: row.to_vec(),
+        family: String::new(),
+        qualifier: Vec::new(),
+        ts: i64::MAX,
+        seq: u64::MAX,
+        kind: CellKind::Put,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The read path's rules: merging sources and deciding which versions a
 //! reader sees (snapshot, delete markers, TTL, time range, max versions).
 
-use crate::cell::{Cell, CellKind};
+use crate::cell::{Cell, CellKey, CellKind};
 use crate::options::FamilyOptions;
 
 /// What a read asks for.
@@ -35,28 +35,33 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Merges sorted sources into one sorted list.
-pub fn merge(sources: Vec<Vec<Cell>>) -> Vec<Cell> {
+/// Merges sources, each sorted by key, into one sorted list.
+pub fn merge(mut sources: Vec<Vec<Cell>>) -> Vec<Cell> {
+    sources.retain(|s| !s.is_empty());
+    if sources.len() == 1 {
+        return sources.pop().unwrap_or_default();
+    }
     let mut all: Vec<Cell> = sources.into_iter().flatten().collect();
     all.sort_by(|a, b| a.key.cmp(&b.key));
     all
 }
 
 /// The puts a reader sees, from cells of one family sorted by key.
-pub fn resolve(cells: &[Cell], family: &FamilyOptions, read: &ReadOptions) -> Vec<Cell> {
+pub fn resolve(cells: Vec<Cell>, family: &FamilyOptions, read: &ReadOptions) -> Vec<Cell> {
     let max_versions = read.max_versions.min(family.max_versions).max(1);
-    let mut out = Vec::new();
+    let ttl = family.ttl_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+    let mut keep = vec![false; cells.len()];
     let mut family_deletes: Vec<(i64, u64)> = Vec::new();
     let mut column_deletes: Vec<(i64, u64)> = Vec::new();
     let mut versions = 0u32;
-    let mut prev: Option<&Cell> = None;
-    for cell in cells {
+    let mut prev: Option<&CellKey> = None;
+    for (i, cell) in cells.iter().enumerate() {
         let k = &cell.key;
         if k.seq > read.snapshot {
             continue;
         }
-        let same_row_family = prev.is_some_and(|p| p.key.row == k.row && p.key.family == k.family);
-        let same_column = same_row_family && prev.is_some_and(|p| p.key.qualifier == k.qualifier);
+        let same_row_family = prev.is_some_and(|p| p.row == k.row && p.family == k.family);
+        let same_column = same_row_family && prev.is_some_and(|p| p.qualifier == k.qualifier);
         if !same_row_family {
             family_deletes.clear();
         }
@@ -64,7 +69,7 @@ pub fn resolve(cells: &[Cell], family: &FamilyOptions, read: &ReadOptions) -> Ve
             column_deletes.clear();
             versions = 0;
         }
-        prev = Some(cell);
+        prev = Some(k);
         match k.kind {
             CellKind::DeleteFamily => family_deletes.push((k.ts, k.seq)),
             CellKind::Delete => column_deletes.push((k.ts, k.seq)),
@@ -73,27 +78,22 @@ pub fn resolve(cells: &[Cell], family: &FamilyOptions, read: &ReadOptions) -> Ve
                     .iter()
                     .chain(column_deletes.iter())
                     .any(|&(ts, seq)| ts >= k.ts && seq > k.seq);
-                if masked {
-                    continue;
-                }
-                if let Some(ttl) = family.ttl_ms {
-                    if read.now_ms.saturating_sub(k.ts) > i64::try_from(ttl).unwrap_or(i64::MAX) {
-                        continue;
-                    }
-                }
-                if let Some((min, max)) = read.time_range {
-                    if k.ts < min || k.ts >= max {
-                        continue;
-                    }
-                }
-                if versions < max_versions {
+                let expired = ttl.is_some_and(|ttl| read.now_ms.saturating_sub(k.ts) > ttl);
+                let outside = read
+                    .time_range
+                    .is_some_and(|(min, max)| k.ts < min || k.ts >= max);
+                if !masked && !expired && !outside && versions < max_versions {
                     versions += 1;
-                    out.push(cell.clone());
+                    keep[i] = true;
                 }
             }
         }
     }
-    out
+    cells
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect()
 }
 
 #[cfg(test)]
@@ -102,7 +102,9 @@ mod tests {
     use crate::cell::Mutation;
 
     fn cells(ms: Vec<(Mutation, u64)>) -> Vec<Cell> {
-        merge(vec![ms.into_iter().map(|(m, s)| m.into_cell(s)).collect()])
+        let mut cells: Vec<Cell> = ms.into_iter().map(|(m, s)| m.into_cell(s)).collect();
+        cells.sort_by(|a, b| a.key.cmp(&b.key));
+        cells
     }
 
     fn values(v: &[Cell]) -> Vec<(i64, Vec<u8>)> {
@@ -125,11 +127,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            values(&resolve(&c, &family, &all)),
+            values(&resolve(c.clone(), &family, &all)),
             vec![(3, b"v3".to_vec()), (2, b"v2".to_vec())]
         );
         assert_eq!(
-            values(&resolve(&c, &family, &ReadOptions::default())),
+            values(&resolve(c.clone(), &family, &ReadOptions::default())),
             vec![(3, b"v3".to_vec())]
         );
         let old = ReadOptions {
@@ -137,7 +139,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            values(&resolve(&c, &family, &old)),
+            values(&resolve(c.clone(), &family, &old)),
             vec![(1, b"v1".to_vec())]
         );
         let range = ReadOptions {
@@ -146,7 +148,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            values(&resolve(&c, &family, &range)),
+            values(&resolve(c.clone(), &family, &range)),
             vec![(2, b"v2".to_vec()), (1, b"v1".to_vec())]
         );
 
@@ -158,7 +160,7 @@ mod tests {
             (Mutation::put(b"r", "f", b"q", 2, b"again"), 4),
         ]);
         assert_eq!(
-            values(&resolve(&c, &family, &all)),
+            values(&resolve(c.clone(), &family, &all)),
             vec![(3, b"v3".to_vec()), (2, b"again".to_vec())]
         );
 
@@ -170,7 +172,7 @@ mod tests {
             (Mutation::delete_family(b"r", "f", 5), 4),
         ]);
         assert_eq!(
-            values(&resolve(&c, &family, &all)),
+            values(&resolve(c.clone(), &family, &all)),
             vec![(5, b"z".to_vec())]
         );
 
@@ -188,7 +190,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            values(&resolve(&c, &ttl, &at)),
+            values(&resolve(c.clone(), &ttl, &at)),
             vec![(195, b"new".to_vec())]
         );
     }

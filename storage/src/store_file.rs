@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -18,7 +17,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as PqCompression, ZstdLevel};
@@ -29,12 +29,8 @@ use parquet::file::statistics::Statistics;
 use crate::bloom::Bloom;
 use crate::cell::{Cell, CellKey, CellKind};
 use crate::error::{io, Result, StorageError};
+use crate::metrics::Metrics;
 use crate::options::{BloomKind, Compression, FamilyOptions};
-
-/// Reads that touched a data page, and gets answered by a bloom filter
-/// alone, across all store files (for tests and metrics).
-pub static DATA_READS: AtomicU64 = AtomicU64::new(0);
-pub static BLOOM_NEGATIVES: AtomicU64 = AtomicU64::new(0);
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -57,11 +53,15 @@ pub struct StoreFile {
     pub mid_row: Vec<u8>,
     pub max_seq: u64,
     pub cells: u64,
+    /// Delete markers in the file; `None` for files written before the
+    /// count was recorded.
+    pub deletes: Option<u64>,
     pub size: u64,
     bloom: Option<Bloom>,
     bloom_kind: BloomKind,
     file: File,
     metadata: ArrowReaderMetadata,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for StoreFile {
@@ -103,12 +103,13 @@ fn bloom_key(kind: BloomKind, row: &[u8], qualifier: &[u8]) -> Option<Vec<u8>> {
 
 /// Writes `cells` (sorted, one family) to `path` through a temporary file,
 /// fsynced and renamed into place, and opens the result.
-pub fn write(
+pub(crate) fn write(
     path: &Path,
     id: u64,
     family: &str,
     cells: &[Cell],
     options: &FamilyOptions,
+    metrics: &Arc<Metrics>,
 ) -> Result<StoreFile> {
     let tmp = path.with_extension("parquet.tmp");
     let pq = |source| StorageError::Parquet {
@@ -134,6 +135,7 @@ pub fn write(
         _ => Some(Bloom::with_capacity(cells.len())),
     };
     let mut max_seq = 0;
+    let mut deletes = 0u64;
     for chunk in cells.chunks(8192) {
         let mut row = BinaryBuilder::new();
         let mut qualifier = BinaryBuilder::new();
@@ -149,6 +151,7 @@ pub fn write(
             kind.append_value(c.key.kind as u8);
             value.append_value(&c.value);
             max_seq = max_seq.max(c.key.seq);
+            deletes += u64::from(c.key.kind != CellKind::Put);
             if let (Some(b), Some(k)) = (
                 bloom.as_mut(),
                 bloom_key(options.bloom, &c.key.row, &c.key.qualifier),
@@ -183,6 +186,7 @@ pub fn write(
         ("tidebase.mid_row", hex(&mid)),
         ("tidebase.max_seq", max_seq.to_string()),
         ("tidebase.cells", cells.len().to_string()),
+        ("tidebase.deletes", deletes.to_string()),
         ("tidebase.bloom_kind", options.bloom.name().to_string()),
     ];
     if let Some(b) = &bloom {
@@ -198,21 +202,23 @@ pub fn write(
     if let Some(dir) = path.parent() {
         crate::wal::sync_dir(dir)?;
     }
-    StoreFile::open(path, id)
+    let opened = StoreFile::open(path, id, metrics)?;
+    Ok(opened)
 }
 
 impl StoreFile {
     /// Opens a store file, reading only its footer.
-    pub fn open(path: &Path, id: u64) -> Result<StoreFile> {
+    pub(crate) fn open(path: &Path, id: u64, metrics: &Arc<Metrics>) -> Result<StoreFile> {
         let file = File::open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
-        let metadata =
+        let metadata = guarded(path, || {
             ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
                 StorageError::Parquet {
                     file: path.to_path_buf(),
                     source,
                 }
-            })?;
+            })
+        })?;
         let corrupted = |reason: &str| StorageError::Corrupted {
             file: path.to_path_buf(),
             offset: 0,
@@ -220,6 +226,21 @@ impl StoreFile {
         };
         if metadata.schema().fields() != schema().fields() {
             return Err(corrupted("unexpected store-file schema"));
+        }
+        // The Parquet reader trusts the footer's offsets (and asserts on some
+        // of them), so check every column chunk lies inside the file.
+        for rg in metadata.metadata().row_groups() {
+            for c in rg.columns() {
+                let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+                let len = c.compressed_size();
+                let inside = start >= 0
+                    && len >= 0
+                    && c.data_page_offset() >= 0
+                    && u64::try_from(start.saturating_add(len)).is_ok_and(|end| end <= size);
+                if !inside {
+                    return Err(corrupted("column chunk outside the file"));
+                }
+            }
         }
         let kv: std::collections::HashMap<String, String> = metadata
             .metadata()
@@ -261,11 +282,16 @@ impl StoreFile {
             cells: get("tidebase.cells")?
                 .parse()
                 .map_err(|_| corrupted("bad cell count"))?,
+            deletes: match kv.get("tidebase.deletes") {
+                Some(d) => Some(d.parse().map_err(|_| corrupted("bad delete count"))?),
+                None => None,
+            },
             size,
             bloom,
             bloom_kind,
             file,
             metadata,
+            metrics: metrics.clone(),
         })
     }
 
@@ -281,7 +307,7 @@ impl StoreFile {
         };
         match (&self.bloom, key) {
             (Some(b), Some(k)) if !b.may_contain(&k) => {
-                BLOOM_NEGATIVES.fetch_add(1, Ordering::Relaxed);
+                Metrics::add(&self.metrics.bloom_negatives, 1);
                 false
             }
             _ => true,
@@ -295,13 +321,14 @@ impl StoreFile {
             && (end.is_empty() || self.min_row.as_slice() < end)
     }
 
-    /// The cells whose rows are in `[start, end)`, in order. Row groups
-    /// outside the range are skipped by their statistics.
-    pub fn read_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Cell>> {
-        let pq = |source| StorageError::Parquet {
-            file: self.path.clone(),
-            source,
-        };
+    /// A reader over the row groups that may hold rows of `[start, end)`
+    /// (by their statistics), or `None` when no row group can.
+    fn reader(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        batch_size: usize,
+    ) -> Result<Option<ParquetRecordBatchReader>> {
         let groups: Vec<usize> = self
             .metadata
             .metadata()
@@ -319,18 +346,36 @@ impl StoreFile {
             .map(|(i, _)| i)
             .collect();
         if groups.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        DATA_READS.fetch_add(1, Ordering::Relaxed);
+        Metrics::add(&self.metrics.data_reads, 1);
         let file = self.file.try_clone().map_err(io(&self.path))?;
-        let reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
-                .with_row_groups(groups)
-                .with_batch_size(8192)
-                .build()
-                .map_err(pq)?;
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+            .with_row_groups(groups)
+            .with_batch_size(batch_size.max(1))
+            .build()
+            .map(Some)
+            .map_err(|source| StorageError::Parquet {
+                file: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The file's record batches (in the store-file schema) that may hold
+    /// rows of `[start, end)`; rows outside the range are not removed.
+    pub fn batches(&self, start: &[u8], end: &[u8], batch_size: usize) -> Result<Batches> {
+        let reader = guarded(&self.path, || self.reader(start, end, batch_size))?;
+        Ok(Batches {
+            reader,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The cells whose rows are in `[start, end)`, in order. Row groups
+    /// outside the range are skipped by their statistics.
+    pub fn read_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Cell>> {
         let mut out = Vec::new();
-        for batch in reader {
+        for batch in self.batches(start, end, 8192)? {
             let batch = batch?;
             let row = batch.column(0).as_binary::<i32>();
             let qualifier = batch.column(1).as_binary::<i32>();
@@ -340,8 +385,11 @@ impl StoreFile {
             let value = batch.column(5).as_binary::<i32>();
             for i in 0..batch.num_rows() {
                 let r = row.value(i);
-                if r < start || (!end.is_empty() && r >= end) {
+                if r < start {
                     continue;
+                }
+                if !end.is_empty() && r >= end {
+                    break;
                 }
                 let k =
                     CellKind::from_u8(kind.value(i)).ok_or_else(|| StorageError::Corrupted {
@@ -363,5 +411,133 @@ impl StoreFile {
             }
         }
         Ok(out)
+    }
+}
+
+/// Runs Parquet decoding, turning a panic inside the decoder (it asserts on
+/// some malformed input) into a corruption error naming the file.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(StorageError::Corrupted {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason: "the Parquet decoder rejected the file".into(),
+        })
+    })
+}
+
+/// Record batches of one store file; stops after the first error.
+pub struct Batches {
+    reader: Option<ParquetRecordBatchReader>,
+    path: PathBuf,
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let reader = self.reader.as_mut()?;
+        let path = &self.path;
+        let next = guarded(path, || {
+            reader
+                .next()
+                .transpose()
+                .map_err(|e| StorageError::Parquet {
+                    file: path.clone(),
+                    source: e.into(),
+                })
+        })
+        .transpose();
+        if !matches!(next, Some(Ok(_))) {
+            self.reader = None;
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::Mutation;
+    use proptest::prelude::*;
+
+    fn sample(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let cells: Vec<Cell> = (0..300u32)
+            .map(|i| {
+                let row = format!("row{i:04}").into_bytes();
+                Mutation::put(&row, "f", b"q", i64::from(i), &[b'x'; 40]).into_cell(1)
+            })
+            .collect();
+        let path = dir.join("sample.parquet");
+        let options = FamilyOptions {
+            block_size: 1 << 16,
+            ..Default::default()
+        };
+        write(
+            &path,
+            1,
+            "f",
+            &cells,
+            &options,
+            &Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (path, bytes)
+    }
+
+    /// Opens and reads the damaged file; any outcome but a panic is fine.
+    fn open_and_read(path: &Path, bytes: &[u8]) -> Result<usize> {
+        std::fs::write(path, bytes).unwrap();
+        let f = StoreFile::open(path, 1, &Arc::new(Metrics::default()))?;
+        let n = f.read_range(b"", b"")?.len();
+        let _ = f.may_contain_row(b"row0001", None);
+        Ok(n)
+    }
+
+    #[test]
+    fn an_intact_file_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = sample(dir.path());
+        assert_eq!(open_and_read(&path, &bytes).unwrap(), 300);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = sample(dir.path());
+        for cut in (0..bytes.len()).step_by(97) {
+            let err = open_and_read(&path, &bytes[..cut]).unwrap_err();
+            assert!(err.to_string().contains("sample.parquet"), "{err}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn damaged_files_never_panic(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, mut bytes) = sample(dir.path());
+            for (at, b) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= b | 1;
+            }
+            let _ = open_and_read(&path, &bytes);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("random.parquet");
+            let mut bytes = bytes;
+            // Half the cases end in the Parquet magic so the footer is parsed.
+            if bytes.len() % 2 == 0 {
+                bytes.extend_from_slice(&[16, 0, 0, 0]);
+                bytes.extend_from_slice(b"PAR1");
+            }
+            prop_assert!(open_and_read(&path, &bytes).is_err());
+        }
     }
 }

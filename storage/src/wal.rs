@@ -49,32 +49,37 @@ pub struct WalRecord {
     pub mutations: Vec<Mutation>,
 }
 
+/// Appends one framed record (length, CRC-32 of the payload, payload) to `out`.
+fn encode_record(table: u64, seq: u64, mutations: &[Mutation], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&table.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&u32_len(mutations.len()).to_le_bytes());
+    for m in mutations {
+        out.extend_from_slice(&u32_len(m.row.len()).to_le_bytes());
+        out.extend_from_slice(&m.row);
+        let family = u16::try_from(m.family.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&family.to_le_bytes());
+        out.extend_from_slice(&m.family.as_bytes()[..usize::from(family)]);
+        out.extend_from_slice(&u32_len(m.qualifier.len()).to_le_bytes());
+        out.extend_from_slice(&m.qualifier);
+        out.extend_from_slice(&m.ts.to_le_bytes());
+        out.push(m.kind as u8);
+        out.extend_from_slice(&u32_len(m.value.len()).to_le_bytes());
+        out.extend_from_slice(&m.value);
+    }
+    let payload = &out[start + 8..];
+    let len = u32_len(payload.len());
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
 impl WalRecord {
     /// Appends the framed record to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0u8; 8]);
-        out.extend_from_slice(&self.table.to_le_bytes());
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&u32_len(self.mutations.len()).to_le_bytes());
-        for m in &self.mutations {
-            out.extend_from_slice(&u32_len(m.row.len()).to_le_bytes());
-            out.extend_from_slice(&m.row);
-            let family = u16::try_from(m.family.len()).unwrap_or(u16::MAX);
-            out.extend_from_slice(&family.to_le_bytes());
-            out.extend_from_slice(&m.family.as_bytes()[..usize::from(family)]);
-            out.extend_from_slice(&u32_len(m.qualifier.len()).to_le_bytes());
-            out.extend_from_slice(&m.qualifier);
-            out.extend_from_slice(&m.ts.to_le_bytes());
-            out.push(m.kind as u8);
-            out.extend_from_slice(&u32_len(m.value.len()).to_le_bytes());
-            out.extend_from_slice(&m.value);
-        }
-        let payload = &out[start + 8..];
-        let len = u32_len(payload.len());
-        let crc = crc32fast::hash(payload);
-        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_record(self.table, self.seq, &self.mutations, out);
     }
 
     /// Decodes the record at the start of `buf`. `Ok(None)` means the bytes
@@ -194,6 +199,7 @@ struct State {
     segment_no: u64,
     failed: Option<String>,
     last_sync: Instant,
+    bytes_written: u64,
 }
 
 /// The log: appends, group commit, segment roll and purge.
@@ -261,6 +267,7 @@ impl Wal {
                 segment_no: last_no + 1,
                 failed: None,
                 last_sync: Instant::now(),
+                bytes_written: 0,
             }),
             durable: Condvar::new(),
         })
@@ -278,7 +285,7 @@ impl Wal {
     pub fn append(
         &self,
         table: u64,
-        mutations: Vec<Mutation>,
+        mutations: &[Mutation],
         before_release: impl FnOnce(u64),
     ) -> Result<u64> {
         let mut st = self.state.lock();
@@ -288,12 +295,9 @@ impl Wal {
         let seq = st.next_seq;
         st.next_seq += 1;
         before_release(seq);
-        WalRecord {
-            table,
-            seq,
-            mutations,
-        }
-        .encode(&mut st.pending);
+        let before = st.pending.len();
+        encode_record(table, seq, mutations, &mut st.pending);
+        st.bytes_written += (st.pending.len() - before) as u64;
         st.pending_max_seq = seq;
         let sync = self.policy == SyncPolicy::Always;
         loop {
@@ -391,6 +395,11 @@ impl Wal {
         }
         st.closed = keep;
         Ok(removed)
+    }
+
+    /// Bytes of records appended since the log was opened.
+    pub fn bytes_written(&self) -> u64 {
+        self.state.lock().bytes_written
     }
 
     /// Number of segment files, for tests and metrics.

@@ -316,6 +316,49 @@ fn versions_flush_compaction_split_and_merge_keep_the_answers() {
 }
 
 /// Cells of rows `row...` scanned in batches of 100.
+#[test]
+fn a_get_for_a_missing_row_reads_no_data_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        memstore_flush_bytes: 1 << 20,
+        ..tiny()
+    };
+    let e = Engine::open(dir.path(), opts).unwrap();
+    e.create_table("t", families()).unwrap();
+    for i in 0..200u32 {
+        let key = format!("key{i:05}").into_bytes();
+        e.write("t", vec![Mutation::put(&key, "f", b"q", 1, b"value")])
+            .unwrap();
+    }
+    e.flush("t").unwrap();
+    assert_eq!(e.store_files("t").unwrap().len(), 1);
+    let read = ReadOptions::default();
+
+    // A present row is read from a data page.
+    let before = e.metrics();
+    assert_eq!(e.get("t", b"key00007", &[], &read).unwrap().len(), 1);
+    assert_eq!(e.metrics().data_reads, before.data_reads + 1);
+
+    // 199 missing rows inside the file's key range (between key00000 and
+    // key00199): each get consults the filter once, and only a false
+    // positive reads a page.
+    let before = e.metrics();
+    for i in 0..199u32 {
+        let key = format!("key{i:05}x").into_bytes();
+        assert!(e.get("t", &key, &[], &read).unwrap().is_empty());
+    }
+    let after = e.metrics();
+    let negatives = after.bloom_negatives - before.bloom_negatives;
+    let reads = after.data_reads - before.data_reads;
+    assert_eq!(negatives + reads, 199);
+    assert!(negatives >= 189, "bloom negatives: {negatives} of 199");
+
+    // Rows outside the file's key range are not even checked.
+    let before = e.metrics();
+    assert!(e.get("t", b"zzz", &[], &read).unwrap().is_empty());
+    assert_eq!(e.metrics(), before);
+}
+
 fn scanned_rows(e: &Engine) -> usize {
     let scan = ScanOptions {
         batch_size: 100,
@@ -330,7 +373,8 @@ enum Op {
     Delete(u8, bool, u8),
     DeleteFamily(u8, bool),
     Get(u8),
-    Scan(u8, u8),
+    /// Rows `a..b` of every family, or of one (`Some(true)` = g).
+    Scan(u8, u8, Option<bool>),
     Flush,
     Compact(bool),
     Split,
@@ -345,7 +389,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..40, any::<bool>(), 0u8..3).prop_map(|(r, f, q)| Op::Delete(r, f, q)),
         1 => (0u8..40, any::<bool>()).prop_map(|(r, f)| Op::DeleteFamily(r, f)),
         3 => (0u8..40).prop_map(Op::Get),
-        2 => (0u8..40, 0u8..40).prop_map(|(a, b)| Op::Scan(a.min(b), a.max(b))),
+        3 => (0u8..40, 0u8..40, proptest::option::of(any::<bool>()))
+            .prop_map(|(a, b, g)| Op::Scan(a.min(b), a.max(b), g)),
         1 => Just(Op::Flush),
         1 => any::<bool>().prop_map(Op::Compact),
         1 => Just(Op::Split),
@@ -410,18 +455,24 @@ fn run_model(ops: Vec<Op>) {
                 end.push(0);
                 assert_eq!(got, expected(&oracle, &row(r), &end), "get {r}");
             }
-            Op::Scan(a, b) => {
+            Op::Scan(a, b, g) => {
+                let families = g.map(|g| vec![fam(g).to_string()]).unwrap_or_default();
                 let got = cells(
                     &e.scan(
                         "t",
                         &ScanOptions {
                             batch_size: 5,
+                            families,
                             ..ScanOptions::range(&row(a), &row(b))
                         },
                     )
                     .unwrap(),
                 );
-                assert_eq!(got, expected(&oracle, &row(a), &row(b)), "scan {a}..{b}");
+                let mut want = expected(&oracle, &row(a), &row(b));
+                if let Some(g) = g {
+                    want.retain(|c| c.1 == fam(g));
+                }
+                assert_eq!(got, want, "scan {a}..{b} of {g:?}");
             }
             Op::Flush => e.flush("t").unwrap(),
             Op::Compact(major) => e.compact("t", major).unwrap(),
