@@ -11,6 +11,31 @@ pub enum CatalogError {
     /// A table of that name already exists.
     #[error("relation \"{0}\" already exists")]
     TableExists(String),
+    #[error("column \"{0}\" does not exist")]
+    ColumnNotFound(String),
+    #[error("column \"{0}\" specified more than once")]
+    DuplicateColumn(String),
+    #[error("column family \"{0}\" does not exist")]
+    FamilyNotFound(String),
+    #[error("unrecognized parameter \"{0}\"")]
+    UnknownOption(String),
+    #[error("invalid value for parameter \"{name}\": \"{value}\"")]
+    BadOptionValue { name: String, value: String },
+    #[error("type \"{0}\" is not supported in region tables")]
+    UnsupportedType(String),
+    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint (row {row})")]
+    NullKey {
+        column: String,
+        table: String,
+        row: u64,
+    },
+    #[error("{0} is not supported")]
+    Unsupported(String),
+    /// Stored bytes that do not decode.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] tidebase_storage::StorageError),
     /// DataFusion refused to build a system table or function.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),

@@ -5,14 +5,15 @@
 //! for clients that introspect), the PostgreSQL-compatible system functions,
 //! and the per-session settings that `SET`/`SHOW`/`current_setting()` see.
 //!
-//! User tables are held by the `public` schema provider. Today that is an
-//! in-memory provider; the region-backed tables plug in at
-//! [`Catalog::user_schema`] without changing anything above it.
+//! User tables live in the `public` schema, a [`RegionSchema`]: each table
+//! is a [`RegionTable`] whose rows are cells in the region engine, and whose
+//! definition is stored with it in the engine's manifest.
 //!
 //! ```
 //! # tokio_test_block_on(async {
 //! use tidebase_catalog::{Catalog, SessionSettings};
-//! let catalog = Catalog::new().unwrap();
+//! let dir = tempfile::tempdir().unwrap();
+//! let catalog = Catalog::open(dir.path(), Default::default()).unwrap();
 //! let ctx = catalog.new_session(SessionSettings::default());
 //! let batches = ctx.sql("SELECT 1 + 1 AS two").await.unwrap().collect().await.unwrap();
 //! assert_eq!(batches[0].num_rows(), 1);
@@ -27,22 +28,30 @@ mod functions;
 mod json_build_object;
 mod pg_overlay;
 mod settings;
+pub mod table;
 
 use std::sync::Arc;
 
 use datafusion::catalog::SchemaProvider;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
+use std::path::Path;
+use tidebase_storage::{Engine, EngineOptions};
 
 pub use error::CatalogError;
 pub use settings::{canonical_name, SessionSettings, SettingError};
+pub use table::{RegionSchema, RegionTable};
+/// The region engine the catalog runs on.
+pub use tidebase_storage as storage;
 
 /// Name of the database (DataFusion catalog) clients see.
 pub const DATABASE_NAME: &str = "tidebase";
 /// Name of the schema user tables live in.
 pub const DEFAULT_SCHEMA: &str = "public";
+/// Name of the schema of Tidebase's system views.
+pub const SYSTEM_SCHEMA: &str = "tidebase";
 /// The PostgreSQL version Tidebase speaks, as clients parse it.
 pub const PG_VERSION: &str = "15.0";
 
@@ -63,13 +72,14 @@ pub fn version_string() -> String {
 /// The shared catalog. Cheap to clone sessions from; safe to share.
 pub struct Catalog {
     template: SessionState,
-    user_schema: Arc<dyn SchemaProvider>,
+    user_schema: Arc<RegionSchema>,
 }
 
 impl Catalog {
-    /// Builds the catalog tree with `pg_catalog`, `information_schema` and an
-    /// empty `public` schema.
-    pub fn new() -> Result<Self, CatalogError> {
+    /// Opens the region engine in `dir` and builds the catalog tree over it:
+    /// `public` (the engine's tables), `pg_catalog` and `information_schema`.
+    pub fn open(dir: &Path, options: EngineOptions) -> Result<Self, CatalogError> {
+        let engine = Arc::new(Engine::open(dir, options)?);
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -82,8 +92,11 @@ impl Catalog {
         let ctx = SessionContext::new_with_state(state);
 
         let database = Arc::new(MemoryCatalogProvider::new());
-        let user_schema: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
-        database.register_schema(DEFAULT_SCHEMA, user_schema.clone())?;
+        let user_schema = Arc::new(RegionSchema::open(engine)?);
+        database.register_schema(
+            DEFAULT_SCHEMA,
+            user_schema.clone() as Arc<dyn SchemaProvider>,
+        )?;
         ctx.register_catalog(DATABASE_NAME, database.clone());
 
         datafusion_pg_catalog::setup_pg_catalog(
@@ -93,6 +106,22 @@ impl Catalog {
         )
         .map_err(|e| CatalogError::DataFusion(*e))?;
         pg_overlay::install(&ctx, database.as_ref())?;
+        let system = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+        for (name, kind) in [
+            ("regions", table::system::ViewKind::Regions),
+            ("store_files", table::system::ViewKind::StoreFiles),
+        ] {
+            system.register_table(
+                name.to_string(),
+                Arc::new(table::system::SystemView {
+                    kind,
+                    tables: user_schema.clone(),
+                }),
+            )?;
+        }
+        database.register_schema(SYSTEM_SCHEMA, system)?;
+        ctx.register_udtf("as_of", Arc::new(table::system::AsOf(user_schema.clone())));
+        ctx.register_udtf("cells", Arc::new(table::system::Cells(user_schema.clone())));
         functions::register_static(&ctx);
 
         Ok(Self {
@@ -108,9 +137,8 @@ impl Catalog {
         ctx
     }
 
-    /// The schema provider that holds user tables: the seam where region
-    /// tables plug in.
-    pub fn user_schema(&self) -> &Arc<dyn SchemaProvider> {
+    /// The schema that holds user tables.
+    pub fn user_schema(&self) -> &Arc<RegionSchema> {
         &self.user_schema
     }
 }

@@ -46,6 +46,56 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// When a write is acknowledged relative to fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMode {
+    /// After fdatasync; concurrent writers share one (group commit).
+    #[default]
+    Always,
+    /// After write(2); a background thread syncs every few milliseconds.
+    Batch,
+    /// After write(2); the OS writes back when it likes.
+    None,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub sync: SyncMode,
+    /// A memstore this big is flushed to a store file.
+    pub memstore_flush_bytes: usize,
+    /// A region this big splits, unless its table sets SPLIT_SIZE.
+    pub region_split_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let e = tidebase_catalog::storage::EngineOptions::default();
+        Self {
+            sync: SyncMode::Always,
+            memstore_flush_bytes: e.memstore_flush_bytes,
+            region_split_bytes: e.region_split_bytes,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn engine_options(&self) -> tidebase_catalog::storage::EngineOptions {
+        tidebase_catalog::storage::EngineOptions {
+            sync: match self.sync {
+                SyncMode::Always => tidebase_catalog::storage::SyncPolicy::Always,
+                SyncMode::Batch => tidebase_catalog::storage::SyncPolicy::Batch,
+                SyncMode::None => tidebase_catalog::storage::SyncPolicy::None,
+            },
+            memstore_flush_bytes: self.memstore_flush_bytes,
+            region_split_bytes: self.region_split_bytes,
+            ..Default::default()
+        }
+    }
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +112,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -74,6 +125,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             auth: AuthConfig::default(),
             tls: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -104,6 +156,12 @@ impl Config {
 
     /// Refuses configurations that would be unsafe or cannot work.
     pub fn validate(&self, listen: SocketAddr) -> Result<(), ServerError> {
+        if self.storage.memstore_flush_bytes < 1024 || self.storage.region_split_bytes < 1024 {
+            return Err(ServerError::InvalidConfig(
+                "storage.memstore_flush_bytes and storage.region_split_bytes must be at least 1024"
+                    .into(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(ServerError::InvalidConfig(
                 "max_connections must be at least 1".into(),

@@ -13,6 +13,8 @@
 //! ```
 
 pub mod config;
+mod copy;
+mod ddl;
 mod error;
 mod listener;
 mod query;

@@ -24,7 +24,7 @@ use crate::startup::{Startup, Users};
 /// What every connection shares.
 struct Shared {
     config: Config,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     users: Arc<Users>,
     sql: Arc<PostgresCompatibilityParser>,
     cancel: Arc<DefaultCancelHandler>,
@@ -46,6 +46,10 @@ impl PgWireServerHandlers for Connection {
     }
 
     fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.query.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
         self.query.clone()
     }
 
@@ -76,7 +80,17 @@ pub async fn run(
     let manager = Arc::new(ConnectionManager::new());
     let shared = Arc::new(Shared {
         users: Arc::new(Users::new(&config.auth.users)),
-        catalog: Catalog::new()?,
+        catalog: {
+            let dir = config.data_dir.clone();
+            let options = config.storage.engine_options();
+            Arc::new(
+                tokio::task::spawn_blocking(move || Catalog::open(&dir, options))
+                    .await
+                    .map_err(|e| {
+                        ServerError::InvalidConfig(format!("opening the catalog: {e}"))
+                    })??,
+            )
+        },
         sql: Arc::new(PostgresCompatibilityParser::new()),
         cancel: Arc::new(DefaultCancelHandler::new(manager.clone())),
         manager,

@@ -16,18 +16,22 @@ use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{stream, Sink, SinkExt, StreamExt};
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use tidebase_catalog::canonical_name;
 
+use crate::copy::{CopyCommand, CopyIn};
+use crate::ddl::{self, DdlCommand};
 use crate::session::{Session, Shutdown};
 use crate::sqlstate::{error_info, QueryError};
 use crate::statement::{self, SessionCommand};
@@ -36,6 +40,8 @@ use crate::statement::{self, SessionCommand};
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Session(SessionCommand),
+    Ddl(DdlCommand),
+    Copy(CopyCommand),
     Plan(Box<PlannedStatement>),
 }
 
@@ -67,7 +73,11 @@ impl Planner {
         if let Some(cmd) = statement::session_command(sql) {
             return Ok(Some(Prepared::Session(cmd)));
         }
-        let mut statements = self.sql.parse(sql)?;
+        if let Some(cmd) = ddl::recognize(sql) {
+            return Ok(Some(Prepared::Ddl(cmd?)));
+        }
+        let sql = ddl::preprocess(sql);
+        let mut statements = self.sql.parse(&sql)?;
         match statements.len() {
             0 => return Ok(None),
             1 => {}
@@ -80,6 +90,12 @@ impl Planner {
             }
         }
         let mut stmt = statements.remove(0);
+        if let Some(cmd) = ddl::from_statement(&stmt) {
+            return Ok(Some(Prepared::Ddl(cmd?)));
+        }
+        if let Some(cmd) = crate::copy::from_statement(&stmt) {
+            return Ok(Some(Prepared::Copy(cmd?)));
+        }
         crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
         let state = self.session.ctx.state();
         let plan = state
@@ -223,7 +239,7 @@ fn result_fields(prepared: &Prepared, format: &Format) -> PgWireResult<Vec<Field
                 FieldInfo::new(n.to_string(), None, None, Type::TEXT, format.format_for(i))
             })
             .collect()),
-        Prepared::Session(_) => Ok(vec![]),
+        Prepared::Session(_) | Prepared::Ddl(_) | Prepared::Copy(_) => Ok(vec![]),
         Prepared::Plan(p) if returns_rows(&p.plan) => {
             arrow_schema_to_pg_fields(p.plan.schema().as_arrow(), format, None)
         }
@@ -264,7 +280,7 @@ impl QueryParser for Planner {
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
         match stmt {
             Prepared::Plan(p) => p.params.iter().map(into_pg_type).collect(),
-            Prepared::Session(_) => Ok(vec![]),
+            Prepared::Session(_) | Prepared::Ddl(_) | Prepared::Copy(_) => Ok(vec![]),
         }
     }
 
@@ -282,6 +298,8 @@ pub struct QueryHandler {
     session: Arc<Session>,
     planner: Arc<Planner>,
     shutdown: Arc<Shutdown>,
+    /// The COPY FROM STDIN in progress, if any.
+    copy: parking_lot::Mutex<Option<CopyIn>>,
 }
 
 impl QueryHandler {
@@ -298,6 +316,7 @@ impl QueryHandler {
             session,
             planner,
             shutdown,
+            copy: parking_lot::Mutex::new(None),
         }
     }
 
@@ -315,6 +334,24 @@ impl QueryHandler {
     {
         match prepared {
             Prepared::Session(cmd) => self.session_command(client, cmd, format).await,
+            Prepared::Ddl(cmd) => Ok(Response::Execution(ddl::execute(&self.session, cmd).await?)),
+            Prepared::Copy(CopyCommand::In {
+                table,
+                columns,
+                format,
+            }) => {
+                let (state, n) = CopyIn::start(&self.session, table, columns, format.clone())?;
+                *self.copy.lock() = Some(state);
+                Ok(Response::CopyIn(CopyResponse::new(
+                    0,
+                    n,
+                    futures::stream::empty(),
+                )))
+            }
+            Prepared::Copy(CopyCommand::Out { query, format }) => {
+                let (n, stream) = crate::copy::copy_out(&self.session, query, format).await?;
+                Ok(Response::CopyOut(CopyResponse::new(0, n, stream)))
+            }
             Prepared::Plan(p) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 self.run_plan(p.plan.clone(), format, options).await
@@ -500,7 +537,7 @@ fn command_tag(plan: &LogicalPlan) -> Option<&'static str> {
     }
 }
 
-fn affected_rows(batches: Vec<RecordBatch>) -> usize {
+pub(crate) fn affected_rows(batches: Vec<RecordBatch>) -> usize {
     batches
         .iter()
         .filter_map(|b| b.column_by_name("count"))
@@ -646,5 +683,58 @@ impl ExtendedQueryHandler for QueryHandler {
             other => self.execute(client, other, format).await,
         };
         Ok(response?)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for QueryHandler {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(state) = self.copy.lock().as_mut() {
+            state.data(&data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(state) = self.copy.lock().take() else {
+            return Err(QueryError::NotSupported {
+                what: "CopyDone without a COPY in progress".into(),
+            }
+            .into());
+        };
+        let rows = tokio::task::spawn_blocking(move || state.finish())
+            .await
+            .map_err(|e| QueryError::NotSupported {
+                what: format!("a COPY task that failed ({e})"),
+            })??;
+        let tag = Tag::new("COPY").with_rows(usize::try_from(rows).unwrap_or(usize::MAX));
+        client
+            .send(PgWireBackendMessage::CommandComplete(tag.into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy.lock().take();
+        QueryError::Copy {
+            code: "57014",
+            message: format!("COPY from stdin failed: {}", fail.message),
+        }
+        .into()
     }
 }

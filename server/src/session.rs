@@ -14,13 +14,19 @@ pub struct Session {
     pub id: u64,
     pub ctx: SessionContext,
     pub settings: SessionSettings,
+    pub catalog: Arc<Catalog>,
 }
 
 impl Session {
-    pub fn new(id: u64, catalog: &Catalog) -> Self {
+    pub fn new(id: u64, catalog: &Arc<Catalog>) -> Self {
         let settings = SessionSettings::default();
         let ctx = catalog.new_session(settings.clone());
-        Self { id, ctx, settings }
+        Self {
+            id,
+            ctx,
+            settings,
+            catalog: catalog.clone(),
+        }
     }
 
     /// Applies what the client sent in its StartupMessage.

@@ -7,6 +7,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::parser::ParserError;
 use pgwire::error::{ErrorInfo, PgWireError};
+use tidebase_catalog::storage::StorageError;
 use tidebase_catalog::{CatalogError, SettingError};
 
 /// An error while running a statement.
@@ -28,6 +29,10 @@ pub enum QueryError {
     InvalidParameter { index: usize, reason: String },
     #[error("invalid value for parameter \"{name}\": \"{value}\"")]
     InvalidSettingValue { name: String, value: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{message}")]
+    Copy { code: &'static str, message: String },
 }
 
 impl From<QueryError> for PgWireError {
@@ -50,6 +55,8 @@ pub fn error_info(e: &QueryError) -> ErrorInfo {
         QueryError::NotSupported { .. } => ("ERROR", "0A000", e.to_string()),
         QueryError::InvalidSettingValue { .. } => ("ERROR", "22023", e.to_string()),
         QueryError::InvalidParameter { .. } => ("ERROR", "22P02", e.to_string()),
+        QueryError::Catalog(c) => ("ERROR", catalog_code(c), e.to_string()),
+        QueryError::Copy { code, .. } => ("ERROR", *code, e.to_string()),
     };
     ErrorInfo::new(severity.to_string(), code.to_string(), message)
 }
@@ -94,7 +101,28 @@ fn catalog_code(e: &CatalogError) -> &'static str {
     match e {
         CatalogError::TableNotFound(_) => "42P01",
         CatalogError::TableExists(_) => "42P07",
-        CatalogError::DataFusion(_) => "XX000",
+        CatalogError::ColumnNotFound(_) => "42703",
+        CatalogError::DuplicateColumn(_) => "42701",
+        CatalogError::FamilyNotFound(_) => "42704",
+        CatalogError::UnknownOption(_) => "42704",
+        CatalogError::BadOptionValue { .. } => "22023",
+        CatalogError::UnsupportedType(_) | CatalogError::Unsupported(_) => "0A000",
+        CatalogError::NullKey { .. } => "23502",
+        CatalogError::Corrupt(_) => "XX001",
+        CatalogError::Storage(s) => storage_code(s),
+        CatalogError::DataFusion(d) => datafusion_code(d).0,
+    }
+}
+
+fn storage_code(e: &StorageError) -> &'static str {
+    match e {
+        StorageError::TableNotFound(_) => "42P01",
+        StorageError::TableExists(_) => "42P07",
+        StorageError::FamilyNotFound { .. } => "42704",
+        StorageError::InvalidSplit { .. } | StorageError::NotAdjacent(..) => "22023",
+        StorageError::Io { .. } | StorageError::Poisoned(_) => "58030",
+        StorageError::Corrupted { .. } | StorageError::Parquet { .. } => "XX001",
+        _ => "XX000",
     }
 }
 
@@ -110,6 +138,7 @@ fn arrow_code(e: &ArrowError) -> &'static str {
         }
         ArrowError::ArithmeticOverflow(_) => "22003",
         ArrowError::ComputeError(m) if m.contains("Overflow") || m.contains("overflow") => "22003",
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => "23502",
         ArrowError::InvalidArgumentError(_) => "22023",
         _ => "XX000",
     }

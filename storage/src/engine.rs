@@ -26,6 +26,8 @@ struct Table {
     families: BTreeMap<String, FamilyOptions>,
     /// Sorted by start key; together they cover every key.
     regions: RwLock<Vec<Arc<Region>>>,
+    /// This table's split threshold; 0 = the engine's.
+    split_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
@@ -225,6 +227,17 @@ impl Engine {
 
     /// Creates a table with one region covering every key.
     pub fn create_table(&self, name: &str, families: Vec<(String, FamilyOptions)>) -> Result<()> {
+        self.create_table_with_schema(name, families, Vec::new())
+    }
+
+    /// Creates a table and records `schema` (opaque to the engine) with it,
+    /// in the same atomic manifest write.
+    pub fn create_table_with_schema(
+        &self,
+        name: &str,
+        families: Vec<(String, FamilyOptions)>,
+        schema: Vec<u8>,
+    ) -> Result<()> {
         let inner = &self.inner;
         let mut tables = inner.tables.write();
         if tables.contains_key(name) {
@@ -237,6 +250,7 @@ impl Engine {
             id,
             name: name.to_string(),
             families,
+            schema,
         };
         let region = next.allocate_id();
         let stores = meta
@@ -278,6 +292,79 @@ impl Engine {
         let old = std::mem::replace(&mut *m, next);
         delete_released_files(&inner.dir, &old, &m);
         tables.remove(name);
+        Ok(())
+    }
+
+    /// Sets a table's region split threshold (`None` = the engine's). Not
+    /// persisted: the layer above applies it again after opening.
+    pub fn set_split_bytes(&self, table: &str, bytes: Option<u64>) -> Result<()> {
+        self.table(table)?
+            .split_bytes
+            .store(bytes.unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every table with the schema bytes stored with it.
+    pub fn table_schemas(&self) -> Vec<(String, Vec<u8>)> {
+        let m = self.inner.manifest.lock();
+        m.tables
+            .values()
+            .map(|t| (t.name.clone(), t.schema.clone()))
+            .collect()
+    }
+
+    /// Replaces the schema bytes stored with a table.
+    pub fn set_table_schema(&self, name: &str, schema: Vec<u8>) -> Result<()> {
+        let table = self.table(name)?;
+        let mut m = self.inner.manifest.lock();
+        let mut next = m.clone();
+        next.tables
+            .get_mut(&table.id)
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?
+            .schema = schema;
+        next.store(&self.inner.dir)?;
+        *m = next;
+        Ok(())
+    }
+
+    /// Removes every row: the table is replaced by an empty one with the
+    /// same families and schema, in one manifest write.
+    pub fn truncate_table(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut tables = inner.tables.write();
+        let table = tables
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
+        let mut m = inner.manifest.lock();
+        let mut next = m.clone();
+        let mut meta = next
+            .tables
+            .remove(&table.id)
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
+        next.regions.retain(|_, r| r.table != table.id);
+        meta.id = next.allocate_id();
+        let region = next.allocate_id();
+        next.regions.insert(
+            region,
+            RegionMeta {
+                id: region,
+                table: meta.id,
+                start: vec![],
+                end: vec![],
+                stores: meta
+                    .families
+                    .iter()
+                    .map(|(f, _)| (f.clone(), StoreMeta::default()))
+                    .collect(),
+            },
+        );
+        next.tables.insert(meta.id, meta.clone());
+        next.store(&inner.dir)?;
+        let built = build_table(&inner.dir, &meta, &next, &inner.metrics)?;
+        let old = std::mem::replace(&mut *m, next);
+        delete_released_files(&inner.dir, &old, &m);
+        tables.insert(name.to_string(), Arc::new(built));
         Ok(())
     }
 
@@ -607,6 +694,7 @@ fn build_table(
         id: meta.id,
         families,
         regions: RwLock::new(regions),
+        split_bytes: std::sync::atomic::AtomicU64::new(0),
     })
 }
 
@@ -918,7 +1006,11 @@ impl Inner {
             Some(r) => r.clone(),
             None => return Ok(false),
         };
-        if r.size() < self.options.region_split_bytes {
+        let threshold = match table.split_bytes.load(Ordering::Relaxed) {
+            0 => self.options.region_split_bytes,
+            n => n,
+        };
+        if r.size() < threshold {
             return Ok(false);
         }
         if r.has_references() {

@@ -9,6 +9,7 @@
 //! tidebase-manifest 1
 //! next_id <n>
 //! table <id> <name>
+//! schema <table id> <opaque bytes the catalog stores with the table>
 //! family <table id> <name> <max versions> <ttl ms or -> <bloom> <block size> <compression>
 //! region <id> <table id> <start key> <end key or ->
 //! store <region id> <family> <flushed seq>
@@ -29,6 +30,9 @@ pub struct TableMeta {
     pub id: u64,
     pub name: String,
     pub families: Vec<(String, FamilyOptions)>,
+    /// What the layer above stores about the table (its SQL definition),
+    /// written atomically with the rest of the manifest.
+    pub schema: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -82,6 +86,7 @@ impl Manifest {
         let _ = writeln!(s, "next_id {}", self.next_id);
         for t in self.tables.values() {
             let _ = writeln!(s, "table {} {}", t.id, hex(t.name.as_bytes()));
+            let _ = writeln!(s, "schema {} {}", t.id, hex(&t.schema));
             for (name, f) in &t.families {
                 let ttl = f.ttl_ms.map_or("-".to_string(), |t| t.to_string());
                 let _ = writeln!(
@@ -169,8 +174,16 @@ impl Manifest {
                             id,
                             name: name(field(2)?, i)?,
                             families: Vec::new(),
+                            schema: Vec::new(),
                         },
                     );
+                }
+                "schema" => {
+                    let schema = unhex_field(field(2)?).ok_or_else(|| bad(i, "bad schema"))?;
+                    m.tables
+                        .get_mut(&num(1)?)
+                        .ok_or_else(|| bad(i, "schema of unknown table"))?
+                        .schema = schema;
                 }
                 "family" => {
                     let options = FamilyOptions {
@@ -280,6 +293,7 @@ mod tests {
             TableMeta {
                 id: t,
                 name: "emp loyees".into(),
+                schema: b"{\"columns\": []}".to_vec(),
                 families: vec![
                     ("personal".into(), FamilyOptions::default()),
                     (

@@ -1,0 +1,1204 @@
+//! The DataFusion side of a region table: scans (one partition per region,
+//! families pruned by the projection, key predicates turned into point gets
+//! and range scans), inserts, updates and deletes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, RecordBatch, RecordBatchOptions,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, Constraint, Constraints, DFSchema, ScalarValue};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{
+    create_physical_expr, EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
+};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
+use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions};
+
+use super::codec::{self, builder, decode_key_value, decode_value, encode_key_value, encode_value};
+use super::def::{TableDef, DEFAULT_FAMILY};
+use crate::CatalogError;
+
+/// Timestamps for writes: wall-clock milliseconds that never go backwards,
+/// and the hidden row keys of tables without a primary key.
+#[derive(Debug, Default)]
+pub struct Clock {
+    last_ms: AtomicI64,
+    last_hidden: AtomicU64,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        let now = tidebase_storage::now_ms();
+        self.last_ms.fetch_max(now, Ordering::SeqCst).max(now)
+    }
+
+    /// A new hidden row key: microseconds since the epoch, made unique and
+    /// increasing.
+    fn hidden_key(&self) -> u64 {
+        let now = u64::try_from(tidebase_storage::now_ms()).unwrap_or(0) * 1000;
+        let mut cur = self.last_hidden.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(cur + 1);
+            match self
+                .last_hidden
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
+fn ext(e: impl Into<CatalogError>) -> DataFusionError {
+    DataFusionError::External(Box::new(e.into()))
+}
+
+fn storage(e: tidebase_storage::StorageError) -> DataFusionError {
+    ext(CatalogError::Storage(e))
+}
+
+/// A table whose rows live in the region engine.
+pub struct RegionTable {
+    pub def: TableDef,
+    constraints: Constraints,
+    engine: Arc<Engine>,
+    clock: Arc<Clock>,
+    /// Read the table as of this time (ms), when set.
+    as_of: Option<i64>,
+}
+
+impl fmt::Debug for RegionTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegionTable({})", self.def.name)
+    }
+}
+
+/// A row-key range to read: one key, or `[start, end)` (`end` empty = open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyScan {
+    Point(Vec<u8>),
+    Range(Vec<u8>, Vec<u8>),
+}
+
+/// The smallest byte string greater than every string starting with `p`
+/// (empty = none).
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut v = p.to_vec();
+    while let Some(last) = v.pop() {
+        if last < 0xFF {
+            v.push(last + 1);
+            return v;
+        }
+    }
+    Vec::new()
+}
+
+fn min_end<'a>(a: &'a [u8], b: &'a [u8]) -> &'a [u8] {
+    if a.is_empty() {
+        b
+    } else if b.is_empty() {
+        a
+    } else {
+        a.min(b)
+    }
+}
+
+impl RegionTable {
+    pub fn new(def: TableDef, engine: Arc<Engine>, clock: Arc<Clock>) -> Self {
+        Self {
+            constraints: key_constraints(&def),
+            def,
+            engine,
+            clock,
+            as_of: None,
+        }
+    }
+
+    /// Stages a bulk load: batches are turned into mutations and spilled to
+    /// a temporary file; nothing is visible until [`CopyStage::commit`].
+    pub fn stage(&self) -> Result<CopyStage> {
+        Ok(CopyStage {
+            table: self.clone_for_write(),
+            spill: std::io::BufWriter::new(tempfile::tempfile().map_err(|e| {
+                DataFusionError::Execution(format!("cannot create a spill file for COPY: {e}"))
+            })?),
+            ts: self.clock.now_ms(),
+            rows: 0,
+            chunks: 0,
+        })
+    }
+
+    /// The same table read as it was at `ms`.
+    pub fn as_of(&self, ms: i64) -> Self {
+        Self {
+            as_of: Some(ms),
+            ..self.clone_for_write()
+        }
+    }
+
+    pub(crate) fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            time_range: self.as_of.map(|t| (i64::MIN, t.saturating_add(1))),
+            ..Default::default()
+        }
+    }
+
+    /// The encoded key prefix for a literal compared with the first key
+    /// column, or `None` when the literal does not convert.
+    fn key_literal(&self, value: &ScalarValue) -> Option<Vec<u8>> {
+        let col = &self.def.columns[*self.def.key.first()?];
+        let v = value.cast_to(&codec::arrow_type(col.ty)).ok()?;
+        let array = v.to_array().ok()?;
+        let mut out = Vec::new();
+        encode_key_value(&mut out, col.ty, &array, 0).then_some(out)
+    }
+
+    fn first_key_column(&self, e: &Expr) -> bool {
+        match (e, self.def.key.first()) {
+            (Expr::Column(c), Some(k)) => c.name == self.def.columns[*k].name,
+            _ => false,
+        }
+    }
+
+    /// The key ranges one filter allows, if it constrains only the first
+    /// key column with literals.
+    fn filter_ranges(&self, e: &Expr) -> Option<Vec<KeyScan>> {
+        let single = self.def.key.len() == 1;
+        let eq = |k: Vec<u8>| {
+            if single {
+                KeyScan::Point(k)
+            } else {
+                let end = prefix_end(&k);
+                KeyScan::Range(k, end)
+            }
+        };
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    let a = self.filter_ranges(left);
+                    let b = self.filter_ranges(right);
+                    return match (a, b) {
+                        (Some(a), Some(b)) => Some(intersect(&a, &b)),
+                        (Some(a), None) | (None, Some(a)) => Some(a),
+                        (None, None) => None,
+                    };
+                }
+                if *op == Operator::Or {
+                    let mut a = self.filter_ranges(left)?;
+                    a.extend(self.filter_ranges(right)?);
+                    return Some(a);
+                }
+                let (op, lit) = match (left.as_ref(), right.as_ref()) {
+                    (c, Expr::Literal(v, _)) if self.first_key_column(c) => (*op, v),
+                    (Expr::Literal(v, _), c) if self.first_key_column(c) => (op.swap()?, v),
+                    _ => return None,
+                };
+                let k = self.key_literal(lit)?;
+                Some(vec![match op {
+                    Operator::Eq => eq(k),
+                    Operator::Gt => KeyScan::Range(prefix_end(&k), Vec::new()),
+                    Operator::GtEq => KeyScan::Range(k, Vec::new()),
+                    Operator::Lt => KeyScan::Range(Vec::new(), k),
+                    Operator::LtEq => KeyScan::Range(Vec::new(), prefix_end(&k)),
+                    _ => return None,
+                }])
+            }
+            Expr::Between(b) if !b.negated && self.first_key_column(&b.expr) => {
+                let (Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (b.low.as_ref(), b.high.as_ref())
+                else {
+                    return None;
+                };
+                Some(vec![KeyScan::Range(
+                    self.key_literal(lo)?,
+                    prefix_end(&self.key_literal(hi)?),
+                )])
+            }
+            Expr::InList(l) if !l.negated && self.first_key_column(&l.expr) => l
+                .list
+                .iter()
+                .map(|v| match v {
+                    Expr::Literal(v, _) => self.key_literal(v).map(eq),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    /// What to read for these filters: `None` = everything.
+    fn key_scans(&self, filters: &[Expr]) -> Option<Vec<KeyScan>> {
+        let mut out: Option<Vec<KeyScan>> = None;
+        for f in filters {
+            if let Some(r) = self.filter_ranges(f) {
+                out = Some(match out {
+                    None => r,
+                    Some(prev) => intersect(&prev, &r),
+                });
+            }
+        }
+        out
+    }
+
+    /// Families the columns need, the default family (row markers) first.
+    fn families_for(&self, columns: &[usize]) -> Vec<String> {
+        let mut fams = vec![DEFAULT_FAMILY.to_string()];
+        for &c in columns {
+            let f = &self.def.columns[c].family;
+            if !f.is_empty() && !fams.contains(f) {
+                fams.push(f.clone());
+            }
+        }
+        fams
+    }
+
+    fn plan(
+        &self,
+        projection: Vec<usize>,
+        filters: &[Expr],
+        limit: Option<usize>,
+        with_row_key: bool,
+    ) -> Result<RegionScanExec> {
+        let scans = self.key_scans(filters);
+        let regions = self.engine.regions(&self.def.name).map_err(storage)?;
+        let mut partitions: Vec<Vec<KeyScan>> = Vec::new();
+        for r in &regions {
+            let mut mine = Vec::new();
+            let all = [KeyScan::Range(Vec::new(), Vec::new())];
+            for s in scans.as_deref().unwrap_or(&all) {
+                match s {
+                    KeyScan::Point(k) => {
+                        if k.as_slice() >= r.start.as_slice()
+                            && (r.end.is_empty() || k.as_slice() < r.end.as_slice())
+                        {
+                            mine.push(s.clone());
+                        }
+                    }
+                    KeyScan::Range(a, b) => {
+                        let lo = a.as_slice().max(r.start.as_slice()).to_vec();
+                        let hi = min_end(b, &r.end).to_vec();
+                        if hi.is_empty() || lo < hi {
+                            mine.push(KeyScan::Range(lo, hi));
+                        }
+                    }
+                }
+            }
+            if !mine.is_empty() {
+                partitions.push(mine);
+            }
+        }
+        let mut fields: Vec<Field> = projection
+            .iter()
+            .map(|&i| self.def.schema().field(i).clone())
+            .collect();
+        if with_row_key {
+            fields.push(Field::new(ROW_KEY, DataType::Binary, false));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        // Rows come in key order within a partition: declare the ordering
+        // on the longest projected prefix of the key.
+        let mut eq = EquivalenceProperties::new(schema.clone());
+        let mut sort = Vec::new();
+        for k in &self.def.key {
+            match projection.iter().position(|p| p == k) {
+                Some(i) => sort.push(PhysicalSortExpr::new_default(Arc::new(
+                    datafusion::physical_expr::expressions::Column::new(schema.field(i).name(), i),
+                ))),
+                None => break,
+            }
+        }
+        if let Some(ordering) = LexOrdering::new(sort) {
+            eq.add_orderings([ordering]);
+        }
+        let properties = Arc::new(PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(partitions.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(RegionScanExec {
+            table: self.clone_with_as_of(),
+            families: self.families_for(&projection),
+            projection,
+            partitions,
+            limit,
+            with_row_key,
+            schema,
+            properties,
+        })
+    }
+
+    /// Mutations that write `batch` (in table-schema order) as puts. A NULL
+    /// value writes nothing (a put only carries the cells it has). Fails on
+    /// a NULL key, naming the row.
+    pub fn put_mutations(
+        &self,
+        batch: &RecordBatch,
+        first_row: u64,
+        ts: i64,
+    ) -> Result<Vec<Mutation>> {
+        let mut out = Vec::with_capacity(batch.num_rows() * (batch.num_columns() + 1));
+        for row in 0..batch.num_rows() {
+            let key = self.row_key(batch, row, first_row)?;
+            out.push(Mutation::put(&key, DEFAULT_FAMILY, b"", ts, b""));
+            for (i, c) in self.def.columns.iter().enumerate() {
+                if self.def.key.contains(&i) {
+                    continue;
+                }
+                if let Some(v) = encode_value(c.ty, batch.column(i), row) {
+                    out.push(Mutation::put(&key, &c.family, c.name.as_bytes(), ts, &v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn row_key(&self, batch: &RecordBatch, row: usize, first_row: u64) -> Result<Vec<u8>> {
+        if self.def.key.is_empty() {
+            return Ok(self.clock.hidden_key().to_be_bytes().to_vec());
+        }
+        let mut key = Vec::new();
+        for &k in &self.def.key {
+            let c = &self.def.columns[k];
+            if !encode_key_value(&mut key, c.ty, batch.column(k), row) {
+                return Err(ext(CatalogError::NullKey {
+                    column: c.name.clone(),
+                    table: self.def.name.clone(),
+                    row: first_row + row as u64 + 1,
+                }));
+            }
+        }
+        Ok(key)
+    }
+
+    fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
+        if mutations.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .write(&self.def.name, mutations)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Rows matching `filters`, with their row keys, as planned now and
+    /// read when the returned plan runs.
+    fn matching(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<Matching> {
+        let all: Vec<usize> = (0..self.def.columns.len()).collect();
+        let scan = Arc::new(self.plan(all, filters, None, true)?);
+        let schema = scan.schema();
+        let df_schema = DFSchema::try_from(schema.clone())?;
+        let predicate = filters
+            .iter()
+            .cloned()
+            .reduce(|a, b| a.and(b))
+            .map(|f| {
+                create_physical_expr(
+                    &f,
+                    &df_schema,
+                    state.execution_props(),
+                    &PhysicalPlanningContext::default(),
+                )
+            })
+            .transpose()?;
+        Ok((scan, predicate, schema))
+    }
+}
+
+fn key_constraints(def: &TableDef) -> Constraints {
+    if def.key.is_empty() {
+        Constraints::default()
+    } else {
+        Constraints::new_unverified(vec![Constraint::PrimaryKey(def.key.clone())])
+    }
+}
+
+/// A scan of every column plus the row key, the predicate that picks the
+/// rows, and the scan's schema.
+type Matching = (
+    Arc<dyn ExecutionPlan>,
+    Option<Arc<dyn PhysicalExpr>>,
+    SchemaRef,
+);
+
+/// Name of the row-key column internal scans add.
+const ROW_KEY: &str = "__tidebase_row_key";
+
+fn intersect(a: &[KeyScan], b: &[KeyScan]) -> Vec<KeyScan> {
+    let mut out = Vec::new();
+    for x in a {
+        for y in b {
+            let (xs, xe, xp) = bounds(x);
+            let (ys, ye, yp) = bounds(y);
+            let lo = xs.max(ys).to_vec();
+            let hi = min_end(xe, ye).to_vec();
+            if !(hi.is_empty() || lo < hi) {
+                continue;
+            }
+            out.push(match (xp, yp) {
+                (true, _) => x.clone(),
+                (_, true) => y.clone(),
+                _ => KeyScan::Range(lo, hi),
+            });
+        }
+    }
+    out
+}
+
+/// Start, end and whether it is a point.
+fn bounds(s: &KeyScan) -> (&[u8], &[u8], bool) {
+    match s {
+        KeyScan::Point(k) => (k.as_slice(), &[], true),
+        KeyScan::Range(a, b) => (a.as_slice(), b.as_slice(), false),
+    }
+}
+
+#[async_trait]
+impl TableProvider for RegionTable {
+    fn schema(&self) -> SchemaRef {
+        self.def.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        Some(&self.constraints)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.filter_ranges(f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let projection = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.def.columns.len()).collect());
+        Ok(Arc::new(self.plan(projection, filters, limit, false)?))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported for region tables"
+            )));
+        }
+        let sink = RegionSink {
+            table: self.clone_for_write(),
+            schema: self.def.schema(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (scan, predicate, _) = self.matching(state, &filters)?;
+        let table = Arc::new(self.clone_for_write());
+        let families: Vec<String> = self.def.families.iter().map(|(f, _)| f.clone()).collect();
+        Ok(Arc::new(CountExec::new(
+            "DeleteExec",
+            scan,
+            move |batch, keep| {
+                let ts = table.clock.now_ms();
+                let keys = batch.column(batch.num_columns() - 1).as_binary::<i32>();
+                let mut m = Vec::new();
+                for i in 0..batch.num_rows() {
+                    if keep.is_valid(i) && keep.value(i) {
+                        for f in &families {
+                            m.push(Mutation::delete_family(keys.value(i), f, ts));
+                        }
+                    }
+                }
+                Ok(m)
+            },
+            predicate,
+            self.def.name.clone(),
+            self.engine.clone(),
+        )))
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (scan, predicate, schema) = self.matching(state, &filters)?;
+        let df_schema = DFSchema::try_from(schema)?;
+        let mut targets = Vec::new();
+        for (name, expr) in &assignments {
+            let i = self
+                .def
+                .column(name)
+                .ok_or_else(|| ext(CatalogError::ColumnNotFound(name.clone())))?;
+            if self.def.key.contains(&i) {
+                return Err(ext(CatalogError::Unsupported(format!(
+                    "updating key column \"{name}\" (delete the row and insert it again)"
+                ))));
+            }
+            // UPDATE SET x = x is planned as an assignment of the column itself.
+            if matches!(expr, Expr::Column(Column { name: n, .. }) if n == name) {
+                continue;
+            }
+            targets.push((
+                i,
+                create_physical_expr(
+                    expr,
+                    &df_schema,
+                    state.execution_props(),
+                    &PhysicalPlanningContext::default(),
+                )?,
+            ));
+        }
+        let table = Arc::new(self.clone_for_write());
+        Ok(Arc::new(CountExec::new(
+            "UpdateExec",
+            scan,
+            move |batch, keep| {
+                let ts = table.clock.now_ms();
+                let keys = batch.column(batch.num_columns() - 1).as_binary::<i32>();
+                let mut values = Vec::new();
+                for (i, e) in &targets {
+                    let ty = codec::arrow_type(table.def.columns[*i].ty);
+                    let v = e.evaluate(batch)?.into_array(batch.num_rows())?;
+                    let v = datafusion::arrow::compute::cast(&v, &ty)?;
+                    values.push((*i, v));
+                }
+                let mut m = Vec::new();
+                for row in 0..batch.num_rows() {
+                    if !(keep.is_valid(row) && keep.value(row)) {
+                        continue;
+                    }
+                    let key = keys.value(row);
+                    m.push(Mutation::put(key, DEFAULT_FAMILY, b"", ts, b""));
+                    for (i, v) in &values {
+                        let c = &table.def.columns[*i];
+                        m.push(match encode_value(c.ty, v, row) {
+                            Some(bytes) => {
+                                Mutation::put(key, &c.family, c.name.as_bytes(), ts, &bytes)
+                            }
+                            None => Mutation::delete(key, &c.family, c.name.as_bytes(), ts),
+                        });
+                    }
+                }
+                Ok(m)
+            },
+            predicate,
+            self.def.name.clone(),
+            self.engine.clone(),
+        )))
+    }
+}
+
+impl RegionTable {
+    fn clone_with_as_of(&self) -> RegionTable {
+        RegionTable {
+            as_of: self.as_of,
+            ..self.clone_for_write()
+        }
+    }
+
+    fn clone_for_write(&self) -> RegionTable {
+        RegionTable {
+            constraints: self.constraints.clone(),
+            def: self.def.clone(),
+            engine: self.engine.clone(),
+            clock: self.clock.clone(),
+            as_of: None,
+        }
+    }
+}
+
+/// Writes an INSERT's rows: all of them in one WAL record, so the
+/// statement is all-or-nothing.
+struct RegionSink {
+    table: RegionTable,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for RegionSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegionSink({})", self.table.def.name)
+    }
+}
+
+impl DisplayAs for RegionSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegionSink: table={}", self.table.def.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for RegionSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let ts = self.table.clock.now_ms();
+        let mut rows = 0u64;
+        let mut mutations = Vec::new();
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            mutations.extend(self.table.put_mutations(&batch, rows, ts)?);
+            rows += batch.num_rows() as u64;
+        }
+        let table = self.table.clone_for_write();
+        tokio::task::spawn_blocking(move || table.write(mutations))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        Ok(rows)
+    }
+}
+
+type RowsToMutations = dyn Fn(&RecordBatch, &datafusion::arrow::array::BooleanArray) -> Result<Vec<Mutation>>
+    + Send
+    + Sync;
+
+/// Runs a scan, picks the rows the predicate keeps, turns them into
+/// mutations, writes them as one batch and returns the row count.
+struct CountExec {
+    name: &'static str,
+    scan: Arc<dyn ExecutionPlan>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    to_mutations: Arc<RowsToMutations>,
+    table: String,
+    engine: Arc<Engine>,
+    properties: Arc<PlanProperties>,
+}
+
+impl CountExec {
+    fn new(
+        name: &'static str,
+        scan: Arc<dyn ExecutionPlan>,
+        f: impl Fn(&RecordBatch, &datafusion::arrow::array::BooleanArray) -> Result<Vec<Mutation>>
+            + Send
+            + Sync
+            + 'static,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        table: String,
+        engine: Arc<Engine>,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(count_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            name,
+            scan,
+            predicate,
+            to_mutations: Arc::new(f),
+            table,
+            engine,
+            properties,
+        }
+    }
+}
+
+fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]))
+}
+
+impl fmt::Debug for CountExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name, self.table)
+    }
+}
+
+impl DisplayAs for CountExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: table={}", self.name, self.table)
+    }
+}
+
+impl ExecutionPlan for CountExec {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let scan = self.scan.clone();
+        let predicate = self.predicate.clone();
+        let f = self.to_mutations.clone();
+        let engine = self.engine.clone();
+        let table = self.table.clone();
+        let work = async move {
+            let batches = collect(scan, context).await?;
+            let mut mutations = Vec::new();
+            let mut count = 0u64;
+            for b in &batches {
+                let keep = match &predicate {
+                    Some(p) => {
+                        let v = p.evaluate(b)?.into_array(b.num_rows())?;
+                        v.as_boolean_opt()
+                            .ok_or_else(|| {
+                                DataFusionError::Internal("predicate is not boolean".into())
+                            })?
+                            .clone()
+                    }
+                    None => datafusion::arrow::array::BooleanArray::from(vec![true; b.num_rows()]),
+                };
+                count += (0..keep.len())
+                    .filter(|&i| keep.is_valid(i) && keep.value(i))
+                    .count() as u64;
+                mutations.extend(f(b, &keep)?);
+            }
+            if !mutations.is_empty() {
+                tokio::task::spawn_blocking(move || engine.write(&table, mutations))
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .map_err(storage)?;
+            }
+            RecordBatch::try_new(
+                count_schema(),
+                vec![Arc::new(UInt64Array::from(vec![count]))],
+            )
+            .map_err(DataFusionError::from)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            count_schema(),
+            futures::stream::once(work),
+        )))
+    }
+}
+
+/// Reads a table's regions: one partition per region that the key
+/// predicates leave.
+#[derive(Debug)]
+pub struct RegionScanExec {
+    table: RegionTable,
+    projection: Vec<usize>,
+    families: Vec<String>,
+    partitions: Vec<Vec<KeyScan>>,
+    limit: Option<usize>,
+    with_row_key: bool,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl DisplayAs for RegionScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let points: usize = self
+            .partitions
+            .iter()
+            .flatten()
+            .filter(|s| matches!(s, KeyScan::Point(_)))
+            .count();
+        let ranges: usize = self.partitions.iter().flatten().count() - points;
+        write!(
+            f,
+            "RegionScanExec: table={}, regions={}, families=[{}], point_gets={points}, range_scans={ranges}",
+            self.table.def.name,
+            self.partitions.len(),
+            self.families.join(", ")
+        )?;
+        if let Some(l) = self.limit {
+            write!(f, ", limit={l}")?;
+        }
+        if let Some(t) = self.table.as_of {
+            write!(f, ", as_of_ms={t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for RegionScanExec {
+    fn name(&self) -> &str {
+        "RegionScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let scans = self.partitions.get(partition).cloned().unwrap_or_default();
+        let reader = PartitionReader {
+            table: self.table.clone_with_as_of(),
+            projection: self.projection.clone(),
+            families: self.families.clone(),
+            limit: self.limit,
+            with_row_key: self.with_row_key,
+            schema: self.schema.clone(),
+            batch_size: context.session_config().batch_size(),
+        };
+        let schema = self.schema.clone();
+        let work = async move {
+            tokio::task::spawn_blocking(move || reader.read(&scans))
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        let stream = futures::stream::once(work).flat_map(|r: Result<Vec<RecordBatch>>| {
+            futures::stream::iter(match r {
+                Ok(b) => b.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+struct PartitionReader {
+    table: RegionTable,
+    projection: Vec<usize>,
+    families: Vec<String>,
+    limit: Option<usize>,
+    with_row_key: bool,
+    schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl PartitionReader {
+    fn read(&self, scans: &[KeyScan]) -> Result<Vec<RecordBatch>> {
+        let engine = &self.table.engine;
+        let name = &self.table.def.name;
+        let read = self.table.read_options();
+        let mut rows = RowAssembler::new(self);
+        let families: Vec<&str> = self.families.iter().map(String::as_str).collect();
+        for s in scans {
+            if rows.full() {
+                break;
+            }
+            match s {
+                KeyScan::Point(k) => {
+                    for c in engine.get(name, k, &families, &read).map_err(storage)? {
+                        rows.push(&c.key.row, &c.key.family, &c.key.qualifier, &c.value)?;
+                    }
+                }
+                KeyScan::Range(a, b) => {
+                    let opts = ScanOptions {
+                        start: a.clone(),
+                        end: b.clone(),
+                        families: self.families.clone(),
+                        read: read.clone(),
+                        batch_size: self.batch_size,
+                    };
+                    for batch in engine.scan(name, &opts).map_err(storage)? {
+                        let row = batch.column(0).as_binary::<i32>();
+                        let fam = batch.column(1).as_string::<i32>();
+                        let q = batch.column(2).as_binary::<i32>();
+                        let v = batch.column(4).as_binary::<i32>();
+                        for i in 0..batch.num_rows() {
+                            rows.push(row.value(i), fam.value(i), q.value(i), v.value(i))?;
+                        }
+                        if rows.full() {
+                            break;
+                        }
+                    }
+                }
+            }
+            rows.end_row()?;
+        }
+        rows.finish()
+    }
+}
+
+/// Folds cells (in key order) into rows of the projected columns.
+struct RowAssembler<'a> {
+    reader: &'a PartitionReader,
+    /// Projected column position of each non-key column name, with its family.
+    by_name: HashMap<(&'a str, &'a [u8]), usize>,
+    current: Option<Vec<u8>>,
+    exists: bool,
+    values: Vec<Option<Vec<u8>>>,
+    builders: Vec<Box<dyn ArrayBuilder>>,
+    row_keys: BinaryBuilder,
+    rows_in_batch: usize,
+    rows_total: usize,
+    out: Vec<RecordBatch>,
+}
+
+impl<'a> RowAssembler<'a> {
+    fn new(reader: &'a PartitionReader) -> Self {
+        let def = &reader.table.def;
+        let mut by_name = HashMap::new();
+        for (pos, &c) in reader.projection.iter().enumerate() {
+            let col = &def.columns[c];
+            if !def.key.contains(&c) {
+                by_name.insert((col.family.as_str(), col.name.as_bytes()), pos);
+            }
+        }
+        Self {
+            reader,
+            by_name,
+            current: None,
+            exists: false,
+            values: vec![None; reader.projection.len()],
+            builders: reader
+                .projection
+                .iter()
+                .map(|&c| builder(def.columns[c].ty, reader.batch_size))
+                .collect(),
+            row_keys: BinaryBuilder::new(),
+            rows_in_batch: 0,
+            rows_total: 0,
+            out: Vec::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.reader.limit.is_some_and(|l| self.rows_total >= l)
+    }
+
+    fn push(&mut self, row: &[u8], family: &str, qualifier: &[u8], value: &[u8]) -> Result<()> {
+        if self.current.as_deref() != Some(row) {
+            self.end_row()?;
+            if self.full() {
+                return Ok(());
+            }
+            self.current = Some(row.to_vec());
+        }
+        if family == DEFAULT_FAMILY && qualifier.is_empty() {
+            self.exists = true;
+        } else if let Some(&pos) = self.by_name.get(&(family, qualifier)) {
+            self.values[pos] = Some(value.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Emits the current row if it exists (its marker cell is visible).
+    fn end_row(&mut self) -> Result<()> {
+        let Some(key) = self.current.take() else {
+            return Ok(());
+        };
+        let exists = std::mem::take(&mut self.exists);
+        let values = std::mem::replace(&mut self.values, vec![None; self.reader.projection.len()]);
+        if !exists || self.full() {
+            return Ok(());
+        }
+        let def = &self.reader.table.def;
+        // Key columns: decode the whole key, keep the projected ones.
+        let mut key_values: HashMap<usize, Box<dyn ArrayBuilder>> = HashMap::new();
+        if !def.key.is_empty() {
+            let mut pos = 0;
+            for &k in &def.key {
+                let mut b = builder(def.columns[k].ty, 1);
+                decode_key_value(&key, &mut pos, def.columns[k].ty, b.as_mut()).map_err(ext)?;
+                key_values.insert(k, b);
+            }
+        }
+        for (i, &c) in self.reader.projection.iter().enumerate() {
+            let ty = def.columns[c].ty;
+            if let Some(kb) = key_values.get_mut(&c) {
+                let a = kb.finish();
+                append_from(self.builders[i].as_mut(), ty, &a)?;
+            } else {
+                decode_value(ty, values[i].as_deref(), self.builders[i].as_mut()).map_err(ext)?;
+            }
+        }
+        self.row_keys.append_value(&key);
+        self.rows_in_batch += 1;
+        self.rows_total += 1;
+        if self.rows_in_batch >= self.reader.batch_size {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.rows_in_batch == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        if self.reader.with_row_key {
+            columns.push(Arc::new(self.row_keys.finish()));
+        } else {
+            self.row_keys = BinaryBuilder::new();
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(self.rows_in_batch));
+        self.out.push(RecordBatch::try_new_with_options(
+            self.reader.schema.clone(),
+            columns,
+            &options,
+        )?);
+        self.rows_in_batch = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        self.end_row()?;
+        self.flush_batch()?;
+        Ok(self.out)
+    }
+}
+
+/// Appends the single value of `a` (a one-row array) to `b`.
+fn append_from(b: &mut dyn ArrayBuilder, ty: super::SqlType, a: &ArrayRef) -> Result<()> {
+    let value = codec::encode_value(ty, a, 0);
+    decode_value(ty, value.as_deref(), b).map_err(ext)
+}
+
+/// A bulk load in progress (see [`RegionTable::stage`]).
+pub struct CopyStage {
+    table: RegionTable,
+    spill: std::io::BufWriter<std::fs::File>,
+    ts: i64,
+    rows: u64,
+    chunks: u64,
+}
+
+impl CopyStage {
+    /// Rows staged so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Stages a batch in table-schema order. Errors name the row (counted
+    /// from 1 across the whole load).
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        use std::io::Write;
+        let mutations = self.table.put_mutations(batch, self.rows, self.ts)?;
+        let mut buf = Vec::new();
+        tidebase_storage::WalRecord {
+            table: 0,
+            seq: self.chunks,
+            mutations,
+        }
+        .encode(&mut buf);
+        self.spill
+            .write_all(&buf)
+            .map_err(|e| DataFusionError::Execution(format!("COPY spill file: {e}")))?;
+        self.rows += batch.num_rows() as u64;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Applies every staged chunk; returns the row count. Each chunk is one
+    /// atomic write; a crash while applying keeps a prefix of the chunks.
+    pub fn commit(self) -> Result<u64> {
+        use std::io::{Read, Seek};
+        let io = |e: std::io::Error| DataFusionError::Execution(format!("COPY spill file: {e}"));
+        let mut file = self.spill.into_inner().map_err(|e| io(e.into_error()))?;
+        file.rewind().map_err(io)?;
+        let mut reader = std::io::BufReader::new(file);
+        loop {
+            let mut header = [0u8; 8];
+            match reader.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io(e)),
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let mut record = header.to_vec();
+            record.resize(8 + len, 0);
+            reader.read_exact(&mut record[8..]).map_err(io)?;
+            let (r, _) = tidebase_storage::WalRecord::decode(&record)
+                .map_err(|e| DataFusionError::Execution(format!("COPY spill file: {e}")))?
+                .ok_or_else(|| DataFusionError::Execution("COPY spill file: torn record".into()))?;
+            self.table.write(r.mutations)?;
+        }
+        Ok(self.rows)
+    }
+}

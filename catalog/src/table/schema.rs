@@ -1,0 +1,152 @@
+//! The `public` schema: region tables, loaded from the engine's manifest at
+//! start and changed only through DDL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::SchemaProvider;
+use datafusion::datasource::TableProvider;
+use datafusion::error::{DataFusionError, Result};
+use parking_lot::RwLock;
+use tidebase_storage::Engine;
+
+use super::def::TableDef;
+use super::provider::{Clock, RegionTable};
+use crate::CatalogError;
+
+/// User tables, each a [`RegionTable`].
+pub struct RegionSchema {
+    engine: Arc<Engine>,
+    clock: Arc<Clock>,
+    tables: RwLock<BTreeMap<String, Arc<RegionTable>>>,
+}
+
+impl std::fmt::Debug for RegionSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionSchema")
+            .field("tables", &self.tables.read().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RegionSchema {
+    /// Loads every table the engine holds.
+    pub fn open(engine: Arc<Engine>) -> Result<Self, CatalogError> {
+        let clock = Arc::new(Clock::default());
+        let mut tables = BTreeMap::new();
+        for (name, bytes) in engine.table_schemas() {
+            let def = TableDef::decode(&bytes)?;
+            engine.set_split_bytes(&name, def.split_size)?;
+            tables.insert(
+                name,
+                Arc::new(RegionTable::new(def, engine.clone(), clock.clone())),
+            );
+        }
+        Ok(Self {
+            engine,
+            clock,
+            tables: RwLock::new(tables),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<RegionTable>> {
+        self.tables.read().get(name).cloned()
+    }
+
+    /// Creates a table. `Ok(false)` when it exists and `if_not_exists`.
+    pub fn create(&self, def: TableDef, if_not_exists: bool) -> Result<bool, CatalogError> {
+        let mut tables = self.tables.write();
+        if tables.contains_key(&def.name) {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::TableExists(def.name))
+            };
+        }
+        self.engine
+            .create_table_with_schema(&def.name, def.families.clone(), def.encode())?;
+        self.engine.set_split_bytes(&def.name, def.split_size)?;
+        tables.insert(
+            def.name.clone(),
+            Arc::new(RegionTable::new(
+                def,
+                self.engine.clone(),
+                self.clock.clone(),
+            )),
+        );
+        Ok(true)
+    }
+
+    /// Replaces a table's definition (columns or options added; the
+    /// families must already exist in the engine).
+    pub fn redefine(&self, def: TableDef) -> Result<(), CatalogError> {
+        let mut tables = self.tables.write();
+        if !tables.contains_key(&def.name) {
+            return Err(CatalogError::TableNotFound(def.name));
+        }
+        self.engine.set_table_schema(&def.name, def.encode())?;
+        self.engine.set_split_bytes(&def.name, def.split_size)?;
+        tables.insert(
+            def.name.clone(),
+            Arc::new(RegionTable::new(
+                def,
+                self.engine.clone(),
+                self.clock.clone(),
+            )),
+        );
+        Ok(())
+    }
+
+    pub fn truncate(&self, name: &str) -> Result<(), CatalogError> {
+        let tables = self.tables.read();
+        let t = tables
+            .get(name)
+            .ok_or_else(|| CatalogError::TableNotFound(name.into()))?;
+        self.engine.truncate_table(name)?;
+        self.engine.set_split_bytes(name, t.def.split_size)?;
+        Ok(())
+    }
+
+    pub fn drop_table(&self, name: &str) -> Result<Option<Arc<RegionTable>>, CatalogError> {
+        let mut tables = self.tables.write();
+        let Some(t) = tables.remove(name) else {
+            return Ok(None);
+        };
+        self.engine.drop_table(name)?;
+        Ok(Some(t))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for RegionSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.read().keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.get(name).map(|t| t as Arc<dyn TableProvider>))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        Err(DataFusionError::NotImplemented(format!(
+            "registering \"{name}\" as an external table in a region schema"
+        )))
+    }
+
+    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.drop_table(name)?.map(|t| t as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.read().contains_key(name)
+    }
+}
