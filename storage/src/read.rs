@@ -70,7 +70,10 @@ pub fn resolve(cells: Vec<Cell>, family: &FamilyOptions, read: &ReadOptions) -> 
             versions = 0;
         }
         prev = Some(k);
+        // Reading as of a time: deletes made after it have not happened yet.
+        let future = read.time_range.is_some_and(|(_, max)| k.ts >= max);
         match k.kind {
+            CellKind::DeleteFamily | CellKind::Delete if future => {}
             CellKind::DeleteFamily => family_deletes.push((k.ts, k.seq)),
             CellKind::Delete => column_deletes.push((k.ts, k.seq)),
             CellKind::Put => {

@@ -59,9 +59,56 @@ pub struct StoreFile {
     pub size: u64,
     bloom: Option<Bloom>,
     bloom_kind: BloomKind,
-    file: File,
+    file: PositionalFile,
     metadata: ArrowReaderMetadata,
     metrics: Arc<Metrics>,
+}
+
+/// A store file read with positional reads (`pread`), so concurrent scans
+/// of one file do not share a file offset (a `File::try_clone` does).
+#[derive(Clone)]
+struct PositionalFile {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl parquet::file::reader::Length for PositionalFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl parquet::file::reader::ChunkReader for PositionalFile {
+    type T = PositionalRead;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<PositionalRead> {
+        Ok(PositionalRead {
+            file: self.file.clone(),
+            pos: start,
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(buf.into())
+    }
+}
+
+/// A reader at its own position in a [`PositionalFile`].
+struct PositionalRead {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl std::io::Read for PositionalRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 impl std::fmt::Debug for StoreFile {
@@ -211,6 +258,10 @@ impl StoreFile {
     pub(crate) fn open(path: &Path, id: u64, metrics: &Arc<Metrics>) -> Result<StoreFile> {
         let file = File::open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
+        let file = PositionalFile {
+            file: Arc::new(file),
+            len: size,
+        };
         let metadata = guarded(path, || {
             ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
                 StorageError::Parquet {
@@ -349,8 +400,7 @@ impl StoreFile {
             return Ok(None);
         }
         Metrics::add(&self.metrics.data_reads, 1);
-        let file = self.file.try_clone().map_err(io(&self.path))?;
-        ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+        ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.clone(), self.metadata.clone())
             .with_row_groups(groups)
             .with_batch_size(batch_size.max(1))
             .build()

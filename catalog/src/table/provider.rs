@@ -404,11 +404,7 @@ impl RegionTable {
 
     /// Rows matching `filters`, with their row keys, as planned now and
     /// read when the returned plan runs.
-    fn matching(
-        &self,
-        state: &dyn Session,
-        filters: &[Expr],
-    ) -> Result<Matching> {
+    fn matching(&self, state: &dyn Session, filters: &[Expr]) -> Result<Matching> {
         let all: Vec<usize> = (0..self.def.columns.len()).collect();
         let scan = Arc::new(self.plan(all, filters, None, true)?);
         let schema = scan.schema();

@@ -1,0 +1,426 @@
+//! Region tables over the wire: COPY in and out, plans that use the row
+//! key and the families, AS OF, automatic splits under load, and survival
+//! of SIGKILL during a stream of acknowledged writes.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt};
+use tidebase_sql_tests::TestServer;
+use tokio_postgres::NoTls;
+
+fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+async fn copy_in(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    data: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = client.copy_in::<_, Bytes>(sql).await?;
+    futures::pin_mut!(sink);
+    sink.send(Bytes::from(data.to_string())).await?;
+    sink.finish().await
+}
+
+async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
+    let stream = client.copy_out(sql).await?;
+    let chunks: Vec<Bytes> = stream.try_collect().await?;
+    Ok(chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect())
+}
+
+#[tokio::test]
+async fn copy_loads_all_or_nothing_and_copies_out() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute("CREATE TABLE t (id INT PRIMARY KEY, d.name TEXT, d.score DOUBLE PRECISION, d.day DATE)")
+        .await?;
+    let n = copy_in(
+        &client,
+        "COPY t FROM STDIN",
+        "1\tann\t1.5\t2024-01-01\n2\t\\N\t2\t2024-01-02\n3\ttab\\there\t-0.25\t\\N\n",
+    )
+    .await?;
+    assert_eq!(n, 3);
+    let n = copy_in(
+        &client,
+        "COPY t (id, name) FROM STDIN WITH (FORMAT csv, HEADER true)",
+        "id,name\n4,\"a, \"\"quoted\"\"\nname\"\n5,\n",
+    )
+    .await?;
+    assert_eq!(n, 2);
+    let rows = client
+        .query("SELECT id, name FROM t ORDER BY id", &[])
+        .await?;
+    let got: Vec<(i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some("ann".into())),
+            (2, None),
+            (3, Some("tab\there".into())),
+            (4, Some("a, \"quoted\"\nname".into())),
+            (5, None),
+        ]
+    );
+
+    // A bad value on line 3 aborts the COPY with 22P02 and the line number;
+    // none of its rows are kept.
+    let e = copy_in(
+        &client,
+        "COPY t FROM STDIN",
+        "10\tx\t1\t2024-01-01\n11\ty\t2\t2024-01-01\n12\tz\tnot-a-number\t2024-01-01\n",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("22P02"), "{e:?}");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("line 3"), "{msg}");
+    let e = copy_in(&client, "COPY t FROM STDIN", "13\tx\n")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("22P04"));
+    let e = copy_in(&client, "COPY t FROM STDIN", "\\N\tx\t1\t2024-01-01\n")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("23502"));
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(count, 5);
+
+    // Out, as text and as CSV with a header.
+    let text = copy_out(&client, "COPY t TO STDOUT").await?;
+    assert_eq!(
+        text.lines().take(3).collect::<Vec<_>>(),
+        vec![
+            "1\tann\t1.5\t2024-01-01",
+            "2\t\\N\t2\t2024-01-02",
+            "3\ttab\\there\t-0.25\t\\N"
+        ]
+    );
+    let csv = copy_out(&client, "COPY (SELECT id, name FROM t WHERE id >= 4 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)").await?;
+    assert_eq!(csv, "id,name\n4,\"a, \"\"quoted\"\"\nname\"\n5,\n");
+    server.stop().await
+}
+
+#[tokio::test]
+async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE emp (id INT PRIMARY KEY, personal.name TEXT, professional.salary BIGINT); \
+             INSERT INTO emp VALUES (1, 'a', 10), (2, 'b', 20); \
+             CREATE TABLE tx (user_id INT, ts BIGINT, amount DOUBLE PRECISION, PRIMARY KEY (user_id, ts)); \
+             INSERT INTO tx VALUES (1, 1, 1.0), (1, 2, 2.0), (2, 1, 3.0)",
+        )
+        .await?;
+    let plan = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client.simple_query(&format!("EXPLAIN {sql}")).await?;
+            let mut text = String::new();
+            for m in rows {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    text.push_str(r.get(1).unwrap_or_default());
+                    text.push('\n');
+                }
+            }
+            Ok::<_, anyhow::Error>(text)
+        }
+    };
+    let p = plan("SELECT name FROM emp WHERE id = 2").await?;
+    assert!(p.contains("families=[0, personal]"), "{p}");
+    assert!(p.contains("point_gets=1, range_scans=0"), "{p}");
+    assert!(!p.contains("professional"), "{p}");
+    let p = plan("SELECT salary FROM emp WHERE id > 1").await?;
+    assert!(p.contains("families=[0, professional]"), "{p}");
+    assert!(p.contains("point_gets=0, range_scans=1"), "{p}");
+    let p = plan("SELECT * FROM emp LIMIT 1").await?;
+    assert!(p.contains("limit=1"), "{p}");
+    // The scan is ordered by (user_id, ts): the window needs no sort.
+    let p =
+        plan("SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY ts) FROM tx").await?;
+    assert!(!p.contains("SortExec"), "{p}");
+    let rows = client
+        .query("SELECT user_id, ts, sum(amount) OVER (PARTITION BY user_id ORDER BY ts) FROM tx ORDER BY user_id, ts", &[])
+        .await?;
+    let sums: Vec<f64> = rows.iter().map(|r| r.get(2)).collect();
+    assert_eq!(sums, vec![1.0, 3.0, 3.0]);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn as_of_reads_the_table_as_it_was() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute("CREATE TABLE p (id INT PRIMARY KEY, price BIGINT); INSERT INTO p VALUES (1, 100), (2, 200)")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let at: String = client
+        .query_one("SELECT CAST(now() AS TEXT)", &[])
+        .await?
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client
+        .batch_execute("UPDATE p SET price = 150 WHERE id = 1; DELETE FROM p WHERE id = 2; INSERT INTO p VALUES (3, 300)")
+        .await?;
+    let now: Vec<(i32, i64)> = client
+        .query("SELECT id, price FROM p", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(now, vec![(1, 150), (3, 300)]);
+    let at = at.trim_end_matches('Z').replace('T', " ");
+    let then: Vec<(i32, i64)> = client
+        .query(
+            &format!("SELECT id, price FROM p AS OF TIMESTAMP '{at}'"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(then, vec![(1, 100), (2, 200)]);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn regions_split_under_load_and_answers_stay_the_same() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.storage.sync = tidebase_server::config::SyncMode::None;
+        c.storage.memstore_flush_bytes = 16 * 1024;
+    })
+    .await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE s (id INT PRIMARY KEY, v BIGINT, pad TEXT) WITH (SPLIT_SIZE = '24KB')",
+        )
+        .await?;
+    let pad = "x".repeat(40);
+    let mut expected_sum = 0i64;
+    let mut rows = 0i64;
+    for batch in 0..20 {
+        let values: Vec<String> = (0..200)
+            .map(|i| {
+                // Interleave keys so every region keeps receiving writes.
+                let id = i * 20 + batch;
+                format!("({id}, {}, '{pad}')", id * 3)
+            })
+            .collect();
+        client
+            .batch_execute(&format!("INSERT INTO s VALUES {}", values.join(",")))
+            .await?;
+        for i in 0..200 {
+            expected_sum += (i * 20 + batch) * 3;
+        }
+        rows += 200;
+        let r = client
+            .query_one("SELECT count(*), sum(v), min(id), max(id) FROM s", &[])
+            .await?;
+        assert_eq!(r.get::<_, i64>(0), rows);
+        assert_eq!(r.get::<_, i64>(1), expected_sum);
+        let point: i64 = client
+            .query_one("SELECT v FROM s WHERE id = 21", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        if batch >= 1 {
+            assert_eq!(point, 63);
+        }
+    }
+    // Splits run in the background; wait for them to settle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let regions = loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM tidebase.regions WHERE table_name = 's'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n >= 3 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(regions >= 3, "only {regions} regions");
+    let r = client
+        .query_one("SELECT count(*), sum(v) FROM s", &[])
+        .await?;
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (rows, expected_sum)
+    );
+    let ranged: i64 = client
+        .query_one("SELECT count(*) FROM s WHERE id >= 1000 AND id < 2000", &[])
+        .await?
+        .get(0);
+    assert_eq!(ranged, 1000);
+    server.stop().await
+}
+
+/// A server in a child process.
+struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Process> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_serve"))
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port = line.trim().parse()?;
+        Ok(Process { child, port })
+    }
+
+    async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=t dbname=tidebase", self.port),
+            NoTls,
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_inserts_and_copies_survive_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut acknowledged: BTreeSet<i64> = BTreeSet::new();
+    let mut next_id = 0i64;
+    for round in 0..4u64 {
+        let server = Process::start(dir.path())?;
+        let client = server.connect().await?;
+        if round == 0 {
+            client
+                .batch_execute("CREATE TABLE w (id BIGINT PRIMARY KEY, v TEXT)")
+                .await?;
+        }
+        // Every acknowledged row from earlier rounds is there.
+        let present: BTreeSet<i64> = client
+            .query("SELECT id FROM w", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            acknowledged.is_subset(&present),
+            "round {round}: lost {:?}",
+            acknowledged
+                .difference(&present)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        // Whatever else is there came from a statement cut off by the kill,
+        // and came whole: a COPY's 50 rows or an INSERT's 3.
+        acknowledged = present;
+
+        // Writers run while the server is killed at a moment that varies.
+        let copier = server.connect().await?;
+        let inserter = client;
+        let start = next_id;
+        next_id += 1_000_000;
+        let copies = tokio::spawn(async move {
+            let mut done = Vec::new();
+            let mut id = start;
+            loop {
+                let data: String = (id..id + 50).map(|i| format!("{i}\tcopy\n")).collect();
+                match copy_in(&copier, "COPY w FROM STDIN", &data).await {
+                    Ok(50) => done.extend(id..id + 50),
+                    _ => break,
+                }
+                id += 50;
+            }
+            done
+        });
+        let inserts = tokio::spawn(async move {
+            let mut done = Vec::new();
+            let mut id = start + 500_000;
+            loop {
+                let sql = format!(
+                    "INSERT INTO w VALUES ({id}, 'a'), ({}, 'b'), ({}, 'c')",
+                    id + 1,
+                    id + 2
+                );
+                match inserter.execute(sql.as_str(), &[]).await {
+                    Ok(3) => done.extend(id..id + 3),
+                    _ => break,
+                }
+                id += 3;
+            }
+            done
+        });
+        tokio::time::sleep(Duration::from_millis(300 + round * 170)).await;
+        server.kill();
+        let copied = copies.await?;
+        let inserted = inserts.await?;
+        assert!(
+            !copied.is_empty() && !inserted.is_empty(),
+            "round {round}: no writes acknowledged"
+        );
+        acknowledged.extend(copied);
+        acknowledged.extend(inserted);
+    }
+    let server = Process::start(dir.path())?;
+    let client = server.connect().await?;
+    let present: BTreeSet<i64> = client
+        .query("SELECT id FROM w", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(acknowledged.is_subset(&present));
+    // Statements are whole: every COPY block of 50 and INSERT of 3 is
+    // complete or absent.
+    for id in &present {
+        let (base, size) = if id % 1_000_000 < 500_000 {
+            (id - (id % 1_000_000) % 50, 50)
+        } else {
+            let off = id % 1_000_000 - 500_000;
+            (id - off % 3, 3)
+        };
+        for j in base..base + size {
+            assert!(
+                present.contains(&j),
+                "{id} present but {j} of the same statement is not"
+            );
+        }
+    }
+    server.kill();
+    Ok(())
+}
