@@ -69,7 +69,8 @@ pub struct FamilyOptions {
     /// Cells older than this are hidden and dropped by major compaction.
     pub ttl_ms: Option<u64>,
     pub bloom: BloomKind,
-    /// Target bytes per Parquet row group.
+    /// Target bytes of cells per Parquet row group (default 64 KiB, HBase's
+    /// block size): what one get decodes.
     pub block_size: usize,
     pub compression: Compression,
 }
@@ -80,7 +81,7 @@ impl Default for FamilyOptions {
             max_versions: 3,
             ttl_ms: None,
             bloom: BloomKind::Row,
-            block_size: 1 << 20,
+            block_size: 64 << 10,
             compression: Compression::Zstd,
         }
     }

@@ -53,20 +53,30 @@ impl Store {
     /// Cells of `[start, end)` from memstores and files, merged; files are
     /// skipped by range and, for a single row, by bloom filter.
     pub fn cells(&self, start: &[u8], end: &[u8], single_row: bool) -> Result<Vec<Cell>> {
-        let state = self.state.read().clone();
-        let mut sources = vec![state.active.range(start, end)];
-        for (m, _) in &state.frozen {
-            sources.push(m.range(start, end));
-        }
-        for f in &state.files {
-            let wanted = if single_row {
-                f.may_contain_row(start, None)
-            } else {
-                f.overlaps(start, end)
-            };
-            if wanted {
-                sources.push(f.read_range(start, end)?);
+        // Under the state lock: copy what the memstores hold and pick the
+        // files to read; read the files after letting go of it.
+        let (mut sources, files) = {
+            let state = self.state.read();
+            let mut sources = vec![state.active.range(start, end)];
+            for (m, _) in &state.frozen {
+                sources.push(m.range(start, end));
             }
+            let files: Vec<Arc<StoreFile>> = state
+                .files
+                .iter()
+                .filter(|f| {
+                    if single_row {
+                        f.may_contain_row(start, None)
+                    } else {
+                        f.overlaps(start, end)
+                    }
+                })
+                .cloned()
+                .collect();
+            (sources, files)
+        };
+        for f in files {
+            sources.push(f.read_range(start, end)?);
         }
         Ok(merge(sources))
     }

@@ -169,7 +169,14 @@ pub(crate) fn write(
         Compression::Lz4 => PqCompression::LZ4_RAW,
         Compression::Zstd => PqCompression::ZSTD(ZstdLevel::default()),
     };
-    let rows_per_group = (options.block_size / 64).clamp(1024, 1 << 20);
+    // A row group is the unit a get decodes: size it to about `block_size`
+    // bytes of cells (HBase's block), by the average cell size.
+    let bytes: usize = cells
+        .iter()
+        .map(|c| c.key.row.len() + c.key.qualifier.len() + c.value.len() + 17)
+        .sum();
+    let avg = (bytes / cells.len().max(1)).max(1);
+    let rows_per_group = (options.block_size / avg).clamp(128, 1 << 20);
     let props = WriterProperties::builder()
         .set_compression(compression)
         .set_max_row_group_row_count(Some(rows_per_group))

@@ -517,3 +517,35 @@ proptest! {
         run_model(ops);
     }
 }
+
+#[test]
+fn concurrent_scans_of_one_shared_file_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        memstore_flush_bytes: 16 << 20,
+        ..tiny()
+    };
+    let e = std::sync::Arc::new(Engine::open(dir.path(), opts).unwrap());
+    e.create_table("t", families()).unwrap();
+    let rows: Vec<Mutation> = (0..3000u32)
+        .map(|i| Mutation::put(format!("r{i:05}").as_bytes(), "f", b"q", 1, &[b'v'; 64]))
+        .collect();
+    e.write("t", rows).unwrap();
+    e.flush("t").unwrap();
+    // The daughters share the parent's file until a major compaction.
+    e.split_at("t", b"r01500").unwrap();
+    let regions = e.region_ids("t").unwrap();
+    assert_eq!(regions.len(), 2);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let e = e.clone();
+            let region = regions[t % 2];
+            s.spawn(move || {
+                for _ in 0..20 {
+                    let got = cells(&e.scan_region("t", region, &ScanOptions::default()).unwrap());
+                    assert_eq!(got.len(), 1500);
+                }
+            });
+        }
+    });
+}
