@@ -719,6 +719,34 @@ fn build_region(
     Ok(Region::new(r.id, r.start.clone(), r.end.clone(), stores))
 }
 
+/// The files a minor compaction merges: by age (newest edit), the newest
+/// run in which no file is more than 1.2 times the size of all newer files
+/// together, so large old files are not rewritten for every small flush
+/// (HBase's ratio-based selection). Fewer than `min_files`: none; three
+/// times `min_files` or more: all of them.
+fn minor_selection(mut files: Vec<Arc<StoreFile>>, min_files: usize) -> Vec<Arc<StoreFile>> {
+    if files.len() >= 3 * min_files.max(2) {
+        // Too many files for reads: merge them all.
+        return files;
+    }
+    files.sort_by_key(|f| f.max_seq);
+    let mut newer: u64 = files.iter().map(|f| f.size).sum();
+    let mut start = files.len();
+    for (i, f) in files.iter().enumerate() {
+        newer -= f.size;
+        if f.size as f64 <= 1.2 * newer as f64 {
+            start = i;
+            break;
+        }
+    }
+    let selected = files.split_off(start.min(files.len()));
+    if selected.len() >= min_files.max(2) {
+        selected
+    } else {
+        Vec::new()
+    }
+}
+
 fn referenced(m: &Manifest) -> HashSet<u64> {
     m.regions
         .values()
@@ -944,11 +972,16 @@ impl Inner {
     fn compact_region(&self, table: &Table, r: &Region, major: bool) -> Result<()> {
         for store in r.stores.values() {
             let _m = store.maintenance.lock();
-            let files = store.state.read().files.clone();
-            let out_of_range = files.iter().any(|f| {
+            let all = store.state.read().files.clone();
+            let out_of_range = all.iter().any(|f| {
                 f.min_row.as_slice() < r.start.as_slice()
                     || (!r.end.is_empty() && f.max_row.as_slice() >= r.end.as_slice())
             });
+            let files = if major || out_of_range {
+                all
+            } else {
+                minor_selection(all, self.options.compaction_min_files)
+            };
             if files.len() < 2 && !(major || out_of_range) || files.is_empty() {
                 continue;
             }
