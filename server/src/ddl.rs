@@ -519,6 +519,98 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
     }
 }
 
+/// `INSERT INTO t ... ON CONFLICT [(key)] DO NOTHING` on a region table
+/// becomes an INSERT of the rows whose key is not there yet:
+/// `INSERT INTO t (cols) SELECT * FROM (source) AS src(cols) WHERE NOT
+/// EXISTS (SELECT 1 FROM t AS cur WHERE cur.k = src.k ...)`. `None` when
+/// the statement is not such an INSERT.
+pub fn on_conflict_do_nothing(
+    stmt: &Statement,
+    session: &Session,
+) -> Option<Result<String, QueryError>> {
+    use datafusion::sql::sqlparser::ast::{OnConflictAction, OnInsert, TableObject};
+    let Statement::Insert(insert) = stmt else {
+        return None;
+    };
+    let Some(OnInsert::OnConflict(conflict)) = &insert.on else {
+        return None;
+    };
+    Some((|| {
+        if !matches!(conflict.action, OnConflictAction::DoNothing) {
+            return Err(QueryError::NotSupported {
+                what:
+                    "ON CONFLICT ... DO UPDATE (an INSERT already updates: it writes new versions)"
+                        .into(),
+            });
+        }
+        if insert.returning.is_some() {
+            return Err(QueryError::NotSupported {
+                what: "RETURNING".into(),
+            });
+        }
+        let TableObject::TableName(name) = &insert.table else {
+            return Err(QueryError::NotSupported {
+                what: "ON CONFLICT on a table function".into(),
+            });
+        };
+        let table = table_name(name)?;
+        let def = session
+            .catalog
+            .user_schema()
+            .get(&table)
+            .map(|t| t.def.clone())
+            .ok_or_else(|| QueryError::from(CatalogError::TableNotFound(table.clone())))?;
+        if def.key.is_empty() {
+            return Err(QueryError::NotSupported {
+                what: "ON CONFLICT on a table without a primary key".into(),
+            });
+        }
+        let columns: Vec<String> = if insert.columns.is_empty() {
+            def.columns.iter().map(|c| c.name.clone()).collect()
+        } else {
+            insert
+                .columns
+                .iter()
+                .map(|c| c.to_string().trim_matches('"').to_string())
+                .collect()
+        };
+        let key_names: Vec<&str> = def
+            .key
+            .iter()
+            .map(|&k| def.columns[k].name.as_str())
+            .collect();
+        if let Some(missing) = key_names.iter().find(|k| !columns.iter().any(|c| c == *k)) {
+            return Err(CatalogError::NullKey {
+                column: missing.to_string(),
+                table: table.clone(),
+                row: 1,
+            }
+            .into());
+        }
+        let source = insert
+            .source
+            .as_ref()
+            .ok_or_else(|| QueryError::NotSupported {
+                what: "INSERT ... DEFAULT VALUES".into(),
+            })?;
+        let cols = columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cond = key_names
+            .iter()
+            .map(|k| format!("cur.{0} = src.{0}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        Ok(format!(
+            "INSERT INTO {t} ({cols}) SELECT * FROM ({source}) AS src({cols}) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} AS cur WHERE {cond})",
+            t = quote(&table),
+        ))
+    })())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,6 +96,12 @@ impl Planner {
         if let Some(cmd) = crate::copy::from_statement(&stmt) {
             return Ok(Some(Prepared::Copy(cmd?)));
         }
+        if let Some(sql) = ddl::on_conflict_do_nothing(&stmt, &self.session) {
+            let mut rewritten = self.sql.parse(&sql?)?;
+            if rewritten.len() == 1 {
+                stmt = rewritten.remove(0);
+            }
+        }
         crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
         let state = self.session.ctx.state();
         let plan = state
