@@ -2,7 +2,6 @@
 //! families pruned by the projection, key predicates turned into point gets
 //! and range scans), inserts, updates and deletes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1005,7 +1004,11 @@ impl PartitionReader {
 struct RowAssembler<'a> {
     reader: &'a PartitionReader,
     /// Projected column position of each non-key column name, with its family.
-    by_name: HashMap<(&'a str, &'a [u8]), usize>,
+    by_name: Vec<(&'a str, &'a [u8], usize)>,
+    /// For each key column, its projected position.
+    key_targets: Vec<Option<usize>>,
+    /// Where key columns that are not projected are decoded (and dropped).
+    scratch: Vec<Box<dyn ArrayBuilder>>,
     current: Option<Vec<u8>>,
     exists: bool,
     values: Vec<Option<Vec<u8>>>,
@@ -1019,16 +1022,26 @@ struct RowAssembler<'a> {
 impl<'a> RowAssembler<'a> {
     fn new(reader: &'a PartitionReader) -> Self {
         let def = &reader.table.def;
-        let mut by_name = HashMap::new();
+        let mut by_name = Vec::new();
         for (pos, &c) in reader.projection.iter().enumerate() {
             let col = &def.columns[c];
             if !def.key.contains(&c) {
-                by_name.insert((col.family.as_str(), col.name.as_bytes()), pos);
+                by_name.push((col.family.as_str(), col.name.as_bytes(), pos));
             }
         }
         Self {
             reader,
             by_name,
+            key_targets: def
+                .key
+                .iter()
+                .map(|k| reader.projection.iter().position(|p| p == k))
+                .collect(),
+            scratch: def
+                .key
+                .iter()
+                .map(|&k| builder(def.columns[k].ty, 0))
+                .collect(),
             current: None,
             exists: false,
             values: vec![None; reader.projection.len()],
@@ -1058,7 +1071,11 @@ impl<'a> RowAssembler<'a> {
         }
         if family == DEFAULT_FAMILY && qualifier.is_empty() {
             self.exists = true;
-        } else if let Some(&pos) = self.by_name.get(&(family, qualifier)) {
+        } else if let Some(&(_, _, pos)) = self
+            .by_name
+            .iter()
+            .find(|(f, q, _)| *q == qualifier && *f == family)
+        {
             self.values[pos] = Some(value.to_vec());
         }
         Ok(())
@@ -1075,24 +1092,23 @@ impl<'a> RowAssembler<'a> {
             return Ok(());
         }
         let def = &self.reader.table.def;
-        // Key columns: decode the whole key, keep the projected ones.
-        let mut key_values: HashMap<usize, Box<dyn ArrayBuilder>> = HashMap::new();
-        if !def.key.is_empty() {
-            let mut pos = 0;
-            for &k in &def.key {
-                let mut b = builder(def.columns[k].ty, 1);
-                decode_key_value(&key, &mut pos, def.columns[k].ty, b.as_mut()).map_err(ext)?;
-                key_values.insert(k, b);
-            }
+        // Key columns: decode the key in order, straight into the output
+        // builder of a projected column, into a scratch builder otherwise.
+        let mut pos = 0;
+        for (j, &k) in def.key.iter().enumerate() {
+            let ty = def.columns[k].ty;
+            let target = match self.key_targets[j] {
+                Some(i) => self.builders[i].as_mut(),
+                None => self.scratch[j].as_mut(),
+            };
+            decode_key_value(&key, &mut pos, ty, target).map_err(ext)?;
         }
         for (i, &c) in self.reader.projection.iter().enumerate() {
-            let ty = def.columns[c].ty;
-            if let Some(kb) = key_values.get_mut(&c) {
-                let a = kb.finish();
-                append_from(self.builders[i].as_mut(), ty, &a)?;
-            } else {
-                decode_value(ty, values[i].as_deref(), self.builders[i].as_mut()).map_err(ext)?;
+            if self.key_targets.contains(&Some(i)) {
+                continue;
             }
+            let ty = def.columns[c].ty;
+            decode_value(ty, values[i].as_deref(), self.builders[i].as_mut()).map_err(ext)?;
         }
         self.row_keys.append_value(&key);
         self.rows_in_batch += 1;
@@ -1108,6 +1124,9 @@ impl<'a> RowAssembler<'a> {
             return Ok(());
         }
         let mut columns: Vec<ArrayRef> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        for b in &mut self.scratch {
+            b.finish();
+        }
         if self.reader.with_row_key {
             columns.push(Arc::new(self.row_keys.finish()));
         } else {
@@ -1128,12 +1147,6 @@ impl<'a> RowAssembler<'a> {
         self.flush_batch()?;
         Ok(self.out)
     }
-}
-
-/// Appends the single value of `a` (a one-row array) to `b`.
-fn append_from(b: &mut dyn ArrayBuilder, ty: super::SqlType, a: &ArrayRef) -> Result<()> {
-    let value = codec::encode_value(ty, a, 0);
-    decode_value(ty, value.as_deref(), b).map_err(ext)
 }
 
 /// A bulk load in progress (see [`RegionTable::stage`]).
