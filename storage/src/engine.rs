@@ -801,11 +801,16 @@ impl Inner {
         self.tables.read().values().find(|t| t.id == id).cloned()
     }
 
+    /// Lock order: the WAL's lock is never taken while `in_flight` is held
+    /// (a writer holds the WAL's lock when it registers its number in
+    /// `in_flight`). Reading the last number first is safe: every number up
+    /// to it is either still in `in_flight` when we look, or done.
     fn visible_seq(&self) -> u64 {
+        let last = self.wal.last_seq();
         let in_flight = self.in_flight.lock();
         match in_flight.first() {
             Some(first) => first - 1,
-            None => self.wal.last_seq(),
+            None => last,
         }
     }
 

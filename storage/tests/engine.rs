@@ -549,3 +549,51 @@ fn concurrent_scans_of_one_shared_file_agree() {
         }
     });
 }
+
+#[test]
+fn concurrent_writers_and_readers_do_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        background: true,
+        memstore_flush_bytes: 64 << 10,
+        ..tiny()
+    };
+    let e = std::sync::Arc::new(Engine::open(dir.path(), opts).unwrap());
+    e.create_table("t", families()).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let worker = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            std::thread::scope(|s| {
+                for w in 0..4u32 {
+                    let e = e.clone();
+                    s.spawn(move || {
+                        for i in 0..1500u32 {
+                            let key = format!("w{w}-{i:05}");
+                            e.write("t", vec![Mutation::put(key.as_bytes(), "f", b"q", 1, b"v")])
+                                .unwrap();
+                        }
+                    });
+                }
+                for _ in 0..2 {
+                    let e = e.clone();
+                    s.spawn(move || {
+                        for i in 0..3000u32 {
+                            let key = format!("w1-{:05}", i % 1500);
+                            e.get("t", key.as_bytes(), &[], &ReadOptions::default())
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            done.send(()).unwrap();
+        })
+    };
+    finished
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("writers and readers deadlocked");
+    worker.join().unwrap();
+    e.wait_idle();
+    let scan = ScanOptions::range(b"", b"");
+    assert_eq!(cells(&e.scan("t", &scan).unwrap()).len(), 6000);
+}
