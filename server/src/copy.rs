@@ -337,15 +337,7 @@ impl CopyIn {
             self.header_pending = false;
             return Ok(());
         }
-        let text = std::str::from_utf8(line).map_err(|_| {
-            copy_error(
-                "22021",
-                format!(
-                    "invalid byte sequence for encoding \"UTF8\" (COPY {}, line {})",
-                    self.table, self.line
-                ),
-            )
-        })?;
+        let text = std::str::from_utf8(line).map_err(|_| self.not_utf8())?;
         let delim = self.format.delimiter as char;
         let fields = text
             .split(delim)
@@ -415,15 +407,7 @@ impl CopyIn {
         if !self.quoted && bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
-        let text = String::from_utf8(bytes).map_err(|_| {
-            copy_error(
-                "22021",
-                format!(
-                    "invalid byte sequence for encoding \"UTF8\" (COPY {}, line {})",
-                    self.table, self.line
-                ),
-            )
-        })?;
+        let text = String::from_utf8(bytes).map_err(|_| self.not_utf8())?;
         let value = if !self.quoted && text == self.format.null {
             None
         } else {
@@ -432,6 +416,16 @@ impl CopyIn {
         self.record.push(value);
         self.quoted = false;
         Ok(())
+    }
+
+    fn not_utf8(&self) -> QueryError {
+        copy_error(
+            "22021",
+            format!(
+                "invalid byte sequence for encoding \"UTF8\" (COPY {}, line {})",
+                self.table, self.line
+            ),
+        )
     }
 
     fn row(&mut self, fields: Vec<Option<String>>, line: u64) -> Result<(), QueryError> {

@@ -245,30 +245,15 @@ impl Engine {
         }
         let mut m = inner.manifest.lock();
         let mut next = m.clone();
-        let id = next.allocate_id();
-        let meta = TableMeta {
-            id,
-            name: name.to_string(),
-            families,
-            schema,
-        };
-        let region = next.allocate_id();
-        let stores = meta
-            .families
-            .iter()
-            .map(|(f, _)| (f.clone(), StoreMeta::default()))
-            .collect();
-        next.regions.insert(
-            region,
-            RegionMeta {
-                id: region,
-                table: id,
-                start: vec![],
-                end: vec![],
-                stores,
+        let meta = add_empty_table(
+            &mut next,
+            TableMeta {
+                id: 0,
+                name: name.to_string(),
+                families,
+                schema,
             },
         );
-        next.tables.insert(id, meta.clone());
         next.store(&inner.dir)?;
         let table = build_table(&inner.dir, &meta, &next, &inner.metrics)?;
         *m = next;
@@ -338,28 +323,12 @@ impl Engine {
             .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
         let mut m = inner.manifest.lock();
         let mut next = m.clone();
-        let mut meta = next
+        let old_meta = next
             .tables
             .remove(&table.id)
             .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
         next.regions.retain(|_, r| r.table != table.id);
-        meta.id = next.allocate_id();
-        let region = next.allocate_id();
-        next.regions.insert(
-            region,
-            RegionMeta {
-                id: region,
-                table: meta.id,
-                start: vec![],
-                end: vec![],
-                stores: meta
-                    .families
-                    .iter()
-                    .map(|(f, _)| (f.clone(), StoreMeta::default()))
-                    .collect(),
-            },
-        );
-        next.tables.insert(meta.id, meta.clone());
+        let meta = add_empty_table(&mut next, old_meta);
         next.store(&inner.dir)?;
         let built = build_table(&inner.dir, &meta, &next, &inner.metrics)?;
         let old = std::mem::replace(&mut *m, next);
@@ -676,6 +645,30 @@ fn to_batches(cells: &[Cell], batch_size: usize) -> Result<Vec<RecordBatch>> {
         )?);
     }
     Ok(out)
+}
+
+/// Adds `meta` to the manifest under a new id, with one empty region
+/// covering every key; returns it with its id.
+fn add_empty_table(next: &mut Manifest, mut meta: TableMeta) -> TableMeta {
+    meta.id = next.allocate_id();
+    let region = next.allocate_id();
+    let stores = meta
+        .families
+        .iter()
+        .map(|(f, _)| (f.clone(), StoreMeta::default()))
+        .collect();
+    next.regions.insert(
+        region,
+        RegionMeta {
+            id: region,
+            table: meta.id,
+            start: vec![],
+            end: vec![],
+            stores,
+        },
+    );
+    next.tables.insert(meta.id, meta.clone());
+    meta
 }
 
 fn build_table(

@@ -35,13 +35,8 @@ impl RegionSchema {
     pub fn open(engine: Arc<Engine>) -> Result<Self, CatalogError> {
         let clock = Arc::new(Clock::default());
         let mut tables = BTreeMap::new();
-        for (name, bytes) in engine.table_schemas() {
-            let def = TableDef::decode(&bytes)?;
-            engine.set_split_bytes(&name, def.split_size)?;
-            tables.insert(
-                name,
-                Arc::new(RegionTable::new(def, engine.clone(), clock.clone())),
-            );
+        for (_, bytes) in engine.table_schemas() {
+            install(&engine, &clock, &mut tables, TableDef::decode(&bytes)?)?;
         }
         Ok(Self {
             engine,
@@ -70,15 +65,7 @@ impl RegionSchema {
         }
         self.engine
             .create_table_with_schema(&def.name, def.families.clone(), def.encode())?;
-        self.engine.set_split_bytes(&def.name, def.split_size)?;
-        tables.insert(
-            def.name.clone(),
-            Arc::new(RegionTable::new(
-                def,
-                self.engine.clone(),
-                self.clock.clone(),
-            )),
-        );
+        install(&self.engine, &self.clock, &mut tables, def)?;
         Ok(true)
     }
 
@@ -90,16 +77,7 @@ impl RegionSchema {
             return Err(CatalogError::TableNotFound(def.name));
         }
         self.engine.set_table_schema(&def.name, def.encode())?;
-        self.engine.set_split_bytes(&def.name, def.split_size)?;
-        tables.insert(
-            def.name.clone(),
-            Arc::new(RegionTable::new(
-                def,
-                self.engine.clone(),
-                self.clock.clone(),
-            )),
-        );
-        Ok(())
+        install(&self.engine, &self.clock, &mut tables, def)
     }
 
     pub fn truncate(&self, name: &str) -> Result<(), CatalogError> {
@@ -120,6 +98,22 @@ impl RegionSchema {
         self.engine.drop_table(name)?;
         Ok(Some(t))
     }
+}
+
+/// Makes `def` the table the schema serves under its name, applying the
+/// split size it sets to the engine's table.
+fn install(
+    engine: &Arc<Engine>,
+    clock: &Arc<Clock>,
+    tables: &mut BTreeMap<String, Arc<RegionTable>>,
+    def: TableDef,
+) -> Result<(), CatalogError> {
+    engine.set_split_bytes(&def.name, def.split_size)?;
+    tables.insert(
+        def.name.clone(),
+        Arc::new(RegionTable::new(def, engine.clone(), clock.clone())),
+    );
+    Ok(())
 }
 
 #[async_trait]
