@@ -36,6 +36,24 @@ pub enum StorageError {
     InvalidSplit { region: u64, reason: &'static str },
     #[error("regions {0} and {1} are not adjacent")]
     NotAdjacent(u64, u64),
+    #[error("topic {0} does not exist")]
+    TopicNotFound(String),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("topic {topic} has no partition {partition}")]
+    PartitionNotFound { topic: String, partition: u32 },
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("invalid record batch: {0}")]
+    InvalidRecordBatch(#[from] crate::log::BatchError),
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
     #[error("the engine is closed after an earlier write failure: {0}")]
     Poisoned(String),
 }

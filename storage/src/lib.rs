@@ -24,6 +24,7 @@ mod bloom;
 mod cell;
 mod engine;
 mod error;
+pub mod log;
 mod manifest;
 mod memstore;
 mod metrics;
