@@ -29,6 +29,7 @@ mod json_build_object;
 mod pg_overlay;
 mod settings;
 pub mod table;
+pub mod topic;
 
 use std::sync::Arc;
 
@@ -79,7 +80,16 @@ impl Catalog {
     /// Opens the region engine in `dir` and builds the catalog tree over it:
     /// `public` (the engine's tables), `pg_catalog` and `information_schema`.
     pub fn open(dir: &Path, options: EngineOptions) -> Result<Self, CatalogError> {
+        let log = tidebase_storage::log::LogStore::open(
+            &dir.join("topics"),
+            tidebase_storage::log::LogOptions {
+                sync: options.sync,
+                batch_sync_interval: options.batch_sync_interval,
+                ..Default::default()
+            },
+        )?;
         let engine = Arc::new(Engine::open(dir, options)?);
+        let topics = topic::Topics::open(log)?;
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -92,7 +102,7 @@ impl Catalog {
         let ctx = SessionContext::new_with_state(state);
 
         let database = Arc::new(MemoryCatalogProvider::new());
-        let user_schema = Arc::new(RegionSchema::open(engine)?);
+        let user_schema = Arc::new(RegionSchema::open(engine, topics.clone())?);
         database.register_schema(
             DEFAULT_SCHEMA,
             user_schema.clone() as Arc<dyn SchemaProvider>,
@@ -119,6 +129,17 @@ impl Catalog {
                 }),
             )?;
         }
+        system.register_table(
+            "topics".to_string(),
+            Arc::new(topic::TopicsView(topics.clone())),
+        )?;
+        system.register_table(
+            "consumer_groups".to_string(),
+            Arc::new(topic::ConsumerGroupsView(topics.clone())),
+        )?;
+        if let Some(rejects) = topics.get(topic::REJECTS_TOPIC) {
+            system.register_table("rejects".to_string(), rejects)?;
+        }
         database.register_schema(SYSTEM_SCHEMA, system)?;
         ctx.register_udtf("as_of", Arc::new(table::system::AsOf(user_schema.clone())));
         ctx.register_udtf("cells", Arc::new(table::system::Cells(user_schema.clone())));
@@ -138,6 +159,10 @@ impl Catalog {
     }
 
     /// The schema that holds user tables.
+    pub fn topics(&self) -> &Arc<topic::Topics> {
+        self.user_schema.topics()
+    }
+
     pub fn user_schema(&self) -> &Arc<RegionSchema> {
         &self.user_schema
     }

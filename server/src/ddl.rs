@@ -12,6 +12,8 @@ use pgwire::api::results::Tag;
 use tidebase_catalog::table::codec::encode_key_value;
 use tidebase_catalog::table::ddl::{apply_options, set_option, split_family, table_def};
 use tidebase_catalog::table::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
+use tidebase_catalog::storage::log::TopicConfig;
+use tidebase_catalog::topic::TopicDef;
 use tidebase_catalog::CatalogError;
 
 use crate::session::Session;
@@ -45,6 +47,19 @@ pub enum DdlCommand {
     },
     Flush(String),
     Compact(String),
+    CreateTopic {
+        def: TopicDef,
+        config: TopicConfig,
+        if_not_exists: bool,
+    },
+    DropTopic {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    AlterTopic {
+        name: String,
+        options: Vec<(String, String)>,
+    },
 }
 
 fn ident_word(w: &Word) -> String {
@@ -178,6 +193,9 @@ pub fn recognize(sql: &str) -> Option<Result<DdlCommand, QueryError>> {
         .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
         .collect();
     let kw = |i: usize, k: &str| matches!(sig.get(i), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(k));
+    if kw(1, "TOPIC") && (kw(0, "CREATE") || kw(0, "DROP") || kw(0, "ALTER")) {
+        return Some(topic_command(sql, &tokens, &sig));
+    }
     if !(kw(0, "ALTER") && kw(1, "TABLE")) {
         return None;
     }
@@ -217,6 +235,101 @@ pub fn recognize(sql: &str) -> Option<Result<DdlCommand, QueryError>> {
         }));
     }
     None
+}
+
+fn syntax(message: impl Into<String>) -> QueryError {
+    QueryError::Syntax {
+        message: message.into(),
+    }
+}
+
+/// `CREATE TOPIC` (parsed as the CREATE TABLE it resembles), `DROP TOPIC
+/// [IF EXISTS] a, b`, `ALTER TOPIC t SET (option = value, ...)`.
+fn topic_command(sql: &str, tokens: &[Token], sig: &[&Token]) -> Result<DdlCommand, QueryError> {
+    let word = |i: usize| match sig.get(i) {
+        Some(Token::Word(w)) => Some(w),
+        _ => None,
+    };
+    let verb = word(0).map(|w| w.value.to_ascii_uppercase()).unwrap_or_default();
+    match verb.as_str() {
+        "CREATE" => {
+            // Swap the TOPIC keyword for TABLE and let the grammar do the rest.
+            let mut seen = 0;
+            let mut text = String::with_capacity(sql.len());
+            for t in tokens {
+                if !matches!(t, Token::Whitespace(_)) {
+                    seen += 1;
+                }
+                if seen == 2 && matches!(t, Token::Word(_)) {
+                    text.push_str("TABLE");
+                    seen += 1;
+                } else {
+                    text.push_str(&t.to_string());
+                }
+            }
+            let stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &text)
+                .map_err(|e| syntax(e.to_string().replace("TABLE", "TOPIC")))?;
+            let [Statement::CreateTable(ct)] = stmts.as_slice() else {
+                return Err(syntax("expected CREATE TOPIC name [(columns)] [WITH (options)]"));
+            };
+            if ct.query.is_some() || !ct.constraints.is_empty() {
+                return Err(QueryError::NotSupported {
+                    what: "CREATE TOPIC with AS SELECT or constraints".into(),
+                });
+            }
+            let (def, config) = tidebase_catalog::topic::ddl::topic_def(ct)?;
+            Ok(DdlCommand::CreateTopic {
+                def,
+                config,
+                if_not_exists: ct.if_not_exists,
+            })
+        }
+        "DROP" => {
+            let mut i = 2;
+            let if_exists = word(2).is_some_and(|w| w.value.eq_ignore_ascii_case("IF"))
+                && word(3).is_some_and(|w| w.value.eq_ignore_ascii_case("EXISTS"));
+            if if_exists {
+                i = 4;
+            }
+            let mut names = Vec::new();
+            while let Some(w) = word(i) {
+                names.push(ident_word(w));
+                match sig.get(i + 1) {
+                    None => break,
+                    Some(Token::Comma) => i += 2,
+                    Some(t) => return Err(syntax(format!("syntax error at or near \"{t}\""))),
+                }
+            }
+            if names.is_empty() || sig.len() != i + 1 {
+                return Err(syntax("expected DROP TOPIC [IF EXISTS] name [, ...]"));
+            }
+            Ok(DdlCommand::DropTopic { names, if_exists })
+        }
+        _ => {
+            let name = word(2).map(ident_word).ok_or_else(|| syntax("expected a topic name"))?;
+            if !(word(3).is_some_and(|w| w.value.eq_ignore_ascii_case("SET"))
+                && matches!(sig.get(4), Some(Token::LParen))
+                && matches!(sig.last(), Some(Token::RParen)))
+            {
+                return Err(syntax("expected ALTER TOPIC name SET (option = value, ...)"));
+            }
+            let inner = &sig[5..sig.len() - 1];
+            let mut options = Vec::new();
+            for part in inner.split(|t| matches!(t, Token::Comma)) {
+                let [Token::Word(k), Token::Eq, v] = part else {
+                    return Err(syntax("expected option = value"));
+                };
+                let value = match v {
+                    Token::Number(n, _) => n.clone(),
+                    Token::SingleQuotedString(s) => s.clone(),
+                    Token::Word(w) => w.value.clone(),
+                    other => return Err(syntax(format!("bad option value {other}"))),
+                };
+                options.push((k.value.clone(), value));
+            }
+            Ok(DdlCommand::AlterTopic { name, options })
+        }
+    }
 }
 
 /// The command for a parsed statement, if it is one this module runs.
@@ -349,6 +462,67 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
             .ok_or_else(|| CatalogError::TableNotFound(name.to_string()).into())
     };
     match cmd.clone() {
+        DdlCommand::CreateTopic {
+            def,
+            config,
+            if_not_exists,
+        } => {
+            if schema.get(&def.name).is_some() {
+                if if_not_exists {
+                    return Ok(Tag::new("CREATE TOPIC"));
+                }
+                return Err(CatalogError::TableExists(def.name).into());
+            }
+            let topics = catalog.topics().clone();
+            blocking(Box::new(move || topics.create(def, config, if_not_exists).map(|_| ()))).await?;
+            Ok(Tag::new("CREATE TOPIC"))
+        }
+        DdlCommand::DropTopic { names, if_exists } => {
+            let topics = catalog.topics().clone();
+            for name in &names {
+                if topics.get(name).is_none() && !if_exists {
+                    return Err(CatalogError::TableNotFound(name.clone()).into());
+                }
+            }
+            blocking(Box::new(move || {
+                for name in names {
+                    topics.drop_topic(&name)?;
+                }
+                Ok(())
+            }))
+            .await?;
+            Ok(Tag::new("DROP TOPIC"))
+        }
+        DdlCommand::AlterTopic { name, options } => {
+            let topics = catalog.topics().clone();
+            let table = topics
+                .get(&name)
+                .filter(|_| !name.starts_with(tidebase_catalog::topic::INTERNAL_PREFIX))
+                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
+            let mut def = table.def.clone();
+            let log_topic = topics
+                .log()
+                .topic(&name)
+                .ok_or_else(|| CatalogError::TableNotFound(name.clone()))?;
+            let mut config = log_topic.config();
+            for (k, v) in &options {
+                tidebase_catalog::topic::ddl::set_option(&mut def, &mut config, k, v, false)?;
+            }
+            if config.partitions < log_topic.partition_count() {
+                return Err(CatalogError::BadOptionValue {
+                    name: "PARTITIONS".into(),
+                    value: format!("{} (partitions only grow, from {})", config.partitions, log_topic.partition_count()),
+                }
+                .into());
+            }
+            blocking(Box::new(move || {
+                topics
+                    .alter(&name, Some(config.partitions), Some(config.retention_ms), Some(config.retention_bytes))
+                    .map(|_| ())
+            }))
+            .await?;
+            Ok(Tag::new("ALTER TOPIC"))
+        }
         DdlCommand::CreateTable { def, if_not_exists } => {
             let s = schema.clone();
             blocking(Box::new(move || s.create(def, if_not_exists).map(|_| ()))).await?;

@@ -33,6 +33,8 @@ pub enum QueryError {
     Catalog(#[from] CatalogError),
     #[error("{message}")]
     Copy { code: &'static str, message: String },
+    #[error("{message}")]
+    Syntax { message: String },
 }
 
 impl From<QueryError> for PgWireError {
@@ -57,6 +59,7 @@ pub fn error_info(e: &QueryError) -> ErrorInfo {
         QueryError::InvalidParameter { .. } => ("ERROR", "22P02", e.to_string()),
         QueryError::Catalog(c) => ("ERROR", catalog_code(c), e.to_string()),
         QueryError::Copy { code, .. } => ("ERROR", *code, e.to_string()),
+        QueryError::Syntax { .. } => ("ERROR", "42601", e.to_string()),
     };
     ErrorInfo::new(severity.to_string(), code.to_string(), message)
 }
@@ -117,7 +120,12 @@ fn catalog_code(e: &CatalogError) -> &'static str {
 fn storage_code(e: &StorageError) -> &'static str {
     match e {
         StorageError::TableNotFound(_) => "42P01",
-        StorageError::TableExists(_) => "42P07",
+        StorageError::TableExists(_) | StorageError::TopicExists(_) => "42P07",
+        StorageError::TopicNotFound(_) => "42P01",
+        StorageError::InvalidTopic(_)
+        | StorageError::PartitionNotFound { .. }
+        | StorageError::OffsetOutOfRange { .. } => "22023",
+        StorageError::InvalidRecordBatch(_) | StorageError::OutOfOrderSequence { .. } => "22P03",
         StorageError::FamilyNotFound { .. } => "42704",
         StorageError::InvalidSplit { .. } | StorageError::NotAdjacent(..) => "22023",
         StorageError::Io { .. } | StorageError::Poisoned(_) => "58030",

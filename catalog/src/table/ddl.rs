@@ -18,7 +18,7 @@ pub fn split_family(name: &str) -> (String, String) {
     }
 }
 
-fn column_type(ty: &str) -> Result<SqlType, CatalogError> {
+pub(crate) fn column_type(ty: &str) -> Result<SqlType, CatalogError> {
     SqlType::parse(ty).ok_or_else(|| CatalogError::UnsupportedType(ty.to_lowercase()))
 }
 
@@ -99,7 +99,7 @@ pub fn table_def(ct: &CreateTable) -> Result<TableDef, CatalogError> {
     Ok(def)
 }
 
-fn option_text(value: &Expr) -> String {
+pub(crate) fn option_text(value: &Expr) -> String {
     match value {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
@@ -112,7 +112,7 @@ fn option_text(value: &Expr) -> String {
 }
 
 /// Bytes from `'256MB'`, `'64 KiB'`, `1048576`.
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -129,7 +129,7 @@ fn parse_size(s: &str) -> Option<u64> {
 
 /// Milliseconds from `'30 days'`, `'12 hours'`, `'90 s'` or seconds as a number
 /// (HBase's TTL unit).
-fn parse_ttl(s: &str) -> Option<u64> {
+pub(crate) fn parse_ttl(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

@@ -13,11 +13,13 @@ use tidebase_storage::Engine;
 
 use super::def::TableDef;
 use super::provider::{Clock, RegionTable};
+use crate::topic::Topics;
 use crate::CatalogError;
 
 /// User tables, each a [`RegionTable`].
 pub struct RegionSchema {
     engine: Arc<Engine>,
+    topics: Arc<Topics>,
     clock: Arc<Clock>,
     tables: RwLock<BTreeMap<String, Arc<RegionTable>>>,
 }
@@ -32,7 +34,7 @@ impl std::fmt::Debug for RegionSchema {
 
 impl RegionSchema {
     /// Loads every table the engine holds.
-    pub fn open(engine: Arc<Engine>) -> Result<Self, CatalogError> {
+    pub fn open(engine: Arc<Engine>, topics: Arc<Topics>) -> Result<Self, CatalogError> {
         let clock = Arc::new(Clock::default());
         let mut tables = BTreeMap::new();
         for (_, bytes) in engine.table_schemas() {
@@ -40,6 +42,7 @@ impl RegionSchema {
         }
         Ok(Self {
             engine,
+            topics,
             clock,
             tables: RwLock::new(tables),
         })
@@ -49,6 +52,16 @@ impl RegionSchema {
         &self.engine
     }
 
+    /// The topics, which share this schema's names.
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    /// Names of region tables (not topics).
+    pub fn region_table_names(&self) -> Vec<String> {
+        self.tables.read().keys().cloned().collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<RegionTable>> {
         self.tables.read().get(name).cloned()
     }
@@ -56,7 +69,7 @@ impl RegionSchema {
     /// Creates a table. `Ok(false)` when it exists and `if_not_exists`.
     pub fn create(&self, def: TableDef, if_not_exists: bool) -> Result<bool, CatalogError> {
         let mut tables = self.tables.write();
-        if tables.contains_key(&def.name) {
+        if tables.contains_key(&def.name) || self.topics.get(&def.name).is_some() {
             return if if_not_exists {
                 Ok(false)
             } else {
@@ -119,11 +132,20 @@ fn install(
 #[async_trait]
 impl SchemaProvider for RegionSchema {
     fn table_names(&self) -> Vec<String> {
-        self.tables.read().keys().cloned().collect()
+        let mut names = self.region_table_names();
+        names.extend(self.topics.names());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.get(name).map(|t| t as Arc<dyn TableProvider>))
+        if let Some(t) = self.get(name) {
+            return Ok(Some(t as Arc<dyn TableProvider>));
+        }
+        Ok(self
+            .topics
+            .get(name)
+            .filter(|_| !name.starts_with(crate::topic::INTERNAL_PREFIX))
+            .map(|t| t as Arc<dyn TableProvider>))
     }
 
     fn register_table(
@@ -142,5 +164,6 @@ impl SchemaProvider for RegionSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.tables.read().contains_key(name)
+            || (!name.starts_with(crate::topic::INTERNAL_PREFIX) && self.topics.get(name).is_some())
     }
 }

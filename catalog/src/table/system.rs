@@ -238,8 +238,7 @@ impl SystemView {
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let schema = self.view_schema();
         let mut rows: Vec<Vec<Result<String, i64>>> = Vec::new();
-        use datafusion::catalog::SchemaProvider;
-        for table in self.tables.table_names() {
+        for table in self.tables.region_table_names() {
             match self.kind {
                 ViewKind::Regions => {
                     for r in engine
