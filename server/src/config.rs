@@ -102,6 +102,9 @@ impl StorageConfig {
 pub struct Config {
     /// Address of the PostgreSQL listener.
     pub listen: SocketAddr,
+    /// Address of the Kafka protocol listener; `None` turns it off (the
+    /// library default; the `tidebase` binary defaults to 127.0.0.1:9092).
+    pub kafka_listen: Option<SocketAddr>,
     /// Where tables live on disk.
     pub data_dir: PathBuf,
     /// A tracing filter such as `info` or `tidebase_server=debug`.
@@ -119,6 +122,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            kafka_listen: None,
             data_dir: PathBuf::from("./tidebase-data"),
             log_level: "info".to_string(),
             max_connections: 100,

@@ -16,6 +16,7 @@ pub mod config;
 mod copy;
 mod ddl;
 mod error;
+mod kafka;
 mod listener;
 mod query;
 mod rewrite;
@@ -28,4 +29,4 @@ mod tls;
 
 pub use config::Config;
 pub use error::ServerError;
-pub use listener::run;
+pub use listener::{run, run_with_kafka};

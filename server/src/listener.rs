@@ -70,6 +70,22 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let kafka = match config.kafka_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            ServerError::InvalidConfig(format!("cannot listen for Kafka clients on {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    run_with_kafka(listener, kafka, config, shutdown).await
+}
+
+/// [`run`] with the Kafka listener already bound (tests bind port 0).
+pub async fn run_with_kafka(
+    listener: TcpListener,
+    kafka: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     config.validate(local)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
@@ -99,6 +115,16 @@ pub async fn run(
         config,
     });
     tracing::info!(%local, tls = shared.tls.is_some(), "listening");
+    let stop_kafka = tokio_util::sync::CancellationToken::new();
+    let kafka_task = match kafka {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, "listening for Kafka clients");
+            let k = crate::kafka::Kafka::new(shared.catalog.clone(), addr);
+            Some(tokio::spawn(k.serve(l, stop_kafka.clone().cancelled_owned())))
+        }
+        None => None,
+    };
 
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
     let mut connections = JoinSet::new();
@@ -133,6 +159,10 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: no new connections");
+    stop_kafka.cancel();
+    if let Some(t) = kafka_task {
+        let _ = t.await;
+    }
     shared.shutdown.begin();
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
     if tokio::time::timeout(grace, shared.shutdown.wait_idle())

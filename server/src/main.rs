@@ -14,6 +14,9 @@ struct Cli {
     /// Address for PostgreSQL clients (default 127.0.0.1:5433).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address for Kafka clients (default 127.0.0.1:9092; an empty value turns it off).
+    #[arg(long)]
+    kafka_listen: Option<String>,
     /// Data directory (default ./tidebase-data; created if missing).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -33,6 +36,19 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(listen) = cli.listen {
         config.listen = listen;
+    }
+    match cli.kafka_listen.as_deref() {
+        None if cli.config.is_none() => {
+            config.kafka_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9092)))
+        }
+        None => {}
+        Some("") => config.kafka_listen = None,
+        Some(a) => {
+            config.kafka_listen = Some(
+                a.parse()
+                    .with_context(|| format!("--kafka-listen: bad address {a:?}"))?,
+            )
+        }
     }
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;

@@ -1,6 +1,7 @@
 //! A Tidebase server for tests that need a separate process (to kill it):
 //! `serve DATA_DIR` listens on a free port of 127.0.0.1, prints the port on
-//! the first line of stdout, and serves until killed.
+//! the first line of stdout, the port of its Kafka listener on the second,
+//! and serves until killed.
 
 use std::io::Write;
 
@@ -11,13 +12,17 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("usage: serve DATA_DIR"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let kafka = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let kafka_port = kafka.local_addr()?.port();
     let config = tidebase_server::Config {
         listen: addr,
         data_dir: data_dir.into(),
         ..Default::default()
     };
     println!("{}", addr.port());
+    println!("{kafka_port}");
     std::io::stdout().flush()?;
-    tidebase_server::run(listener, config, std::future::pending::<()>()).await?;
+    tidebase_server::run_with_kafka(listener, Some(kafka), config, std::future::pending::<()>())
+        .await?;
     Ok(())
 }

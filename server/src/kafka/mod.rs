@@ -1,0 +1,900 @@
+//! The Kafka wire protocol listener.
+//!
+//! Frames are a big-endian i32 size and a request (header, body) encoded
+//! with the kafka-protocol crate. Each connection answers its requests in
+//! order. ApiVersions advertises exactly the versions in [`SUPPORTED`];
+//! responses are built for the version the client asked for, setting only
+//! fields that version has. A frame that is oversized, truncated or does not
+//! decode closes the connection; an unknown API key or version gets
+//! UNSUPPORTED_VERSION where the protocol has a way to say it, and a closed
+//! connection otherwise.
+
+mod groups;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::Compression;
+use tidebase_catalog::storage::log::TopicConfig;
+use tidebase_catalog::storage::StorageError;
+use tidebase_catalog::topic::{self, TopicDef, Topics};
+use tidebase_catalog::{Catalog, CatalogError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use groups::{Coordinator, Join};
+
+/// Largest request accepted (Kafka's default socket.request.max.bytes).
+pub const MAX_FRAME: usize = 100 << 20;
+
+/// (API, lowest version, highest version) served.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 6),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+// Kafka error codes used here.
+const CORRUPT_MESSAGE: i16 = 2;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const UNSUPPORTED_VERSION: i16 = 35;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const INVALID_PARTITIONS: i16 = 37;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const KAFKA_STORAGE_ERROR: i16 = 56;
+const UNKNOWN_SERVER_ERROR: i16 = -1;
+const INVALID_RECORD: i16 = 87;
+
+/// State shared by every Kafka connection.
+pub struct Kafka {
+    catalog: Arc<Catalog>,
+    coordinator: Coordinator,
+    appended: Arc<Notify>,
+    advertised: SocketAddr,
+    next_producer_id: AtomicI64,
+}
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+fn topic_name(n: &str) -> TopicName {
+    TopicName(s(n))
+}
+
+fn storage_code(e: &CatalogError) -> i16 {
+    match e {
+        CatalogError::Storage(StorageError::TopicNotFound(_))
+        | CatalogError::Storage(StorageError::PartitionNotFound { .. })
+        | CatalogError::TableNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
+        CatalogError::Storage(StorageError::InvalidRecordBatch(_)) => CORRUPT_MESSAGE,
+        CatalogError::Storage(StorageError::OutOfOrderSequence { .. }) => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        CatalogError::Storage(StorageError::OffsetOutOfRange { .. }) => OFFSET_OUT_OF_RANGE,
+        CatalogError::Storage(StorageError::Io { .. } | StorageError::Poisoned(_)) => KAFKA_STORAGE_ERROR,
+        _ => UNKNOWN_SERVER_ERROR,
+    }
+}
+
+impl Kafka {
+    pub fn new(catalog: Arc<Catalog>, advertised: SocketAddr) -> Arc<Kafka> {
+        let appended = Arc::new(Notify::new());
+        let n = appended.clone();
+        catalog.topics().log().set_append_listener(move |_, _| n.notify_waiters());
+        // Producer ids must not repeat across restarts (the log remembers
+        // sequence numbers per id): start from the clock.
+        let start = tidebase_catalog::storage::now_ms().max(1) << 10;
+        Arc::new(Kafka {
+            catalog,
+            coordinator: Coordinator::default(),
+            appended,
+            advertised,
+            next_producer_id: AtomicI64::new(start),
+        })
+    }
+
+    fn topics(&self) -> &Arc<Topics> {
+        self.catalog.topics()
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let sweeper = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                let mut n = 0u64;
+                loop {
+                    tick.tick().await;
+                    me.coordinator.expire();
+                    n += 1;
+                    if n % 120 == 0 {
+                        let topics = me.topics().clone();
+                        let now = tidebase_catalog::storage::now_ms();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if let Err(e) = topics.log().enforce_retention(now) {
+                                tracing::error!(error = %e, "topic retention failed");
+                            }
+                        })
+                        .await;
+                    }
+                }
+            })
+        };
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((socket, peer)) = accepted else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let me = self.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = me.connection(socket, peer).await {
+                            tracing::debug!(%peer, error = %e, "kafka connection closed");
+                        }
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        sweeper.abort();
+        conns.abort_all();
+    }
+
+    async fn connection(self: Arc<Self>, mut socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+        socket.set_nodelay(true)?;
+        let mut out = BytesMut::new();
+        loop {
+            let size = match socket.read_i32().await {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if size < 8 || size as usize > MAX_FRAME {
+                anyhow::bail!("frame size {size} is out of bounds");
+            }
+            let mut frame = vec![0u8; size as usize];
+            socket.read_exact(&mut frame).await?;
+            let mut buf = Bytes::from(frame);
+            let api_key = i16::from_be_bytes([buf[0], buf[1]]);
+            let version = i16::from_be_bytes([buf[2], buf[3]]);
+            let correlation = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let Ok(key) = ApiKey::try_from(api_key) else {
+                anyhow::bail!("unknown API key {api_key}");
+            };
+            let supported = SUPPORTED
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .is_some_and(|(_, lo, hi)| (*lo..=*hi).contains(&version));
+            if !supported {
+                if key == ApiKey::ApiVersions {
+                    // Answer in v0 so any client can read the versions we have.
+                    out.clear();
+                    let mut r = self.api_versions();
+                    r.error_code = UNSUPPORTED_VERSION;
+                    write_response(&mut out, correlation, 0, &r, 0)?;
+                    socket.write_all(&out).await?;
+                    continue;
+                }
+                anyhow::bail!("unsupported version {version} of {key:?}");
+            }
+            let header = RequestHeader::decode(&mut buf, key.request_header_version(version))?;
+            let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            out.clear();
+            let respond = self
+                .handle(key, version, &mut buf, &client_id, peer, correlation, &mut out)
+                .await?;
+            if respond {
+                socket.write_all(&out).await?;
+            }
+        }
+    }
+
+    fn api_versions(&self) -> ApiVersionsResponse {
+        let mut r = ApiVersionsResponse::default();
+        r.api_keys = SUPPORTED
+            .iter()
+            .map(|(k, lo, hi)| {
+                let mut v = ApiVersion::default();
+                v.api_key = *k as i16;
+                v.min_version = *lo;
+                v.max_version = *hi;
+                v
+            })
+            .collect();
+        r
+    }
+
+    /// Runs one request and encodes its response into `out`; false when
+    /// the protocol wants no response (Produce with acks = 0).
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &self,
+        key: ApiKey,
+        v: i16,
+        buf: &mut Bytes,
+        client_id: &str,
+        peer: SocketAddr,
+        correlation: i32,
+        out: &mut BytesMut,
+    ) -> anyhow::Result<bool> {
+        let hv = key.response_header_version(v);
+        macro_rules! reply {
+            ($resp:expr) => {{
+                write_response(out, correlation, hv, &$resp, v)?;
+                Ok(true)
+            }};
+        }
+        match key {
+            ApiKey::ApiVersions => {
+                let _req = ApiVersionsRequest::decode(buf, v)?;
+                reply!(self.api_versions())
+            }
+            ApiKey::Metadata => reply!(self.metadata(MetadataRequest::decode(buf, v)?, v)),
+            ApiKey::Produce => {
+                let req = ProduceRequest::decode(buf, v)?;
+                let acks = req.acks;
+                let resp = self.produce(req, v).await;
+                if acks == 0 {
+                    return Ok(false);
+                }
+                reply!(resp)
+            }
+            ApiKey::Fetch => reply!(self.fetch(FetchRequest::decode(buf, v)?, v).await),
+            ApiKey::ListOffsets => reply!(self.list_offsets(ListOffsetsRequest::decode(buf, v)?).await),
+            ApiKey::CreateTopics => reply!(self.create_topics(CreateTopicsRequest::decode(buf, v)?, v).await),
+            ApiKey::DeleteTopics => reply!(self.delete_topics(DeleteTopicsRequest::decode(buf, v)?).await),
+            ApiKey::InitProducerId => {
+                let _req = InitProducerIdRequest::decode(buf, v)?;
+                let mut r = InitProducerIdResponse::default();
+                r.producer_id = ProducerId(self.next_producer_id.fetch_add(1, Ordering::Relaxed));
+                r.producer_epoch = 0;
+                reply!(r)
+            }
+            ApiKey::FindCoordinator => {
+                let req = FindCoordinatorRequest::decode(buf, v)?;
+                let mut r = FindCoordinatorResponse::default();
+                let host = s(self.advertised.ip().to_string());
+                let port = i32::from(self.advertised.port());
+                if v >= 4 {
+                    r.coordinators = req
+                        .coordinator_keys
+                        .iter()
+                        .map(|k| {
+                            let mut c = Coordinator_::default();
+                            c.key = k.clone();
+                            c.node_id = BrokerId(0);
+                            c.host = host.clone();
+                            c.port = port;
+                            c
+                        })
+                        .collect();
+                } else {
+                    r.node_id = BrokerId(0);
+                    r.host = host;
+                    r.port = port;
+                }
+                reply!(r)
+            }
+            ApiKey::JoinGroup => {
+                let req = JoinGroupRequest::decode(buf, v)?;
+                let rx = self.coordinator.join(Join {
+                    group: req.group_id.to_string(),
+                    member_id: req.member_id.to_string(),
+                    client_id: client_id.to_string(),
+                    client_host: peer.ip().to_string(),
+                    protocol_type: req.protocol_type.to_string(),
+                    protocols: req
+                        .protocols
+                        .iter()
+                        .map(|p| (p.name.to_string(), p.metadata.clone()))
+                        .collect(),
+                    session_timeout: Duration::from_millis(req.session_timeout_ms.max(1000) as u64),
+                    rebalance_timeout: Duration::from_millis(
+                        (if v >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms }).max(1000) as u64,
+                    ),
+                });
+                let res = rx.await.unwrap_or_default();
+                let mut r = JoinGroupResponse::default();
+                r.error_code = res.error;
+                r.generation_id = if res.error == 0 { res.generation } else { -1 };
+                if v >= 7 {
+                    r.protocol_type = Some(s(res.protocol_type.clone()));
+                }
+                r.protocol_name = Some(s(res.protocol));
+                r.leader = s(res.leader);
+                r.member_id = s(res.member_id);
+                r.members = res
+                    .members
+                    .into_iter()
+                    .map(|(id, meta)| {
+                        let mut m = JoinGroupResponseMember::default();
+                        m.member_id = s(id);
+                        m.metadata = meta;
+                        m
+                    })
+                    .collect();
+                reply!(r)
+            }
+            ApiKey::SyncGroup => {
+                let req = SyncGroupRequest::decode(buf, v)?;
+                let rx = self.coordinator.sync(
+                    &req.group_id,
+                    &req.member_id,
+                    req.generation_id,
+                    req.assignments
+                        .iter()
+                        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                        .collect(),
+                );
+                let (code, assignment) = rx.await.unwrap_or((groups::REBALANCE_IN_PROGRESS, Bytes::new()));
+                let mut r = SyncGroupResponse::default();
+                r.error_code = code;
+                r.assignment = assignment;
+                if v >= 5 {
+                    r.protocol_type = req.protocol_type.clone();
+                    r.protocol_name = req.protocol_name.clone();
+                }
+                reply!(r)
+            }
+            ApiKey::Heartbeat => {
+                let req = HeartbeatRequest::decode(buf, v)?;
+                let mut r = HeartbeatResponse::default();
+                r.error_code = self.coordinator.heartbeat(&req.group_id, &req.member_id, req.generation_id);
+                reply!(r)
+            }
+            ApiKey::LeaveGroup => {
+                let req = LeaveGroupRequest::decode(buf, v)?;
+                let mut r = LeaveGroupResponse::default();
+                if v >= 3 {
+                    for m in &req.members {
+                        let mut mr = MemberResponse::default();
+                        mr.member_id = m.member_id.clone();
+                        mr.error_code = self.coordinator.leave(&req.group_id, &m.member_id);
+                        r.members.push(mr);
+                    }
+                } else {
+                    r.error_code = self.coordinator.leave(&req.group_id, &req.member_id);
+                }
+                reply!(r)
+            }
+            ApiKey::OffsetCommit => reply!(self.offset_commit(OffsetCommitRequest::decode(buf, v)?).await),
+            ApiKey::OffsetFetch => reply!(self.offset_fetch(OffsetFetchRequest::decode(buf, v)?)),
+            ApiKey::ListGroups => {
+                let _req = ListGroupsRequest::decode(buf, v)?;
+                let mut r = ListGroupsResponse::default();
+                r.groups = self
+                    .coordinator
+                    .list()
+                    .into_iter()
+                    .map(|(name, ptype, state)| {
+                        let mut g = ListedGroup::default();
+                        g.group_id = GroupId(s(name));
+                        g.protocol_type = s(ptype);
+                        if v >= 4 {
+                            g.group_state = s(state.name());
+                        }
+                        g
+                    })
+                    .collect();
+                reply!(r)
+            }
+            ApiKey::DescribeGroups => {
+                let req = DescribeGroupsRequest::decode(buf, v)?;
+                let mut r = DescribeGroupsResponse::default();
+                for gid in &req.groups {
+                    let mut d = DescribedGroup::default();
+                    d.group_id = gid.clone();
+                    match self.coordinator.describe(gid) {
+                        Some(info) => {
+                            d.group_state = s(info.state.name());
+                            d.protocol_type = s(info.protocol_type);
+                            d.protocol_data = s(info.protocol.clone());
+                            d.members = info
+                                .members
+                                .into_iter()
+                                .map(|m| {
+                                    let mut dm = DescribedGroupMember::default();
+                                    dm.member_id = s(m.id);
+                                    dm.client_id = s(m.client_id);
+                                    dm.client_host = s(m.client_host);
+                                    dm.member_metadata = m
+                                        .protocols
+                                        .iter()
+                                        .find(|(n, _)| *n == info.protocol)
+                                        .map(|(_, b)| b.clone())
+                                        .unwrap_or_default();
+                                    dm.member_assignment = m.assignment;
+                                    dm
+                                })
+                                .collect();
+                        }
+                        None => d.group_state = s("Dead"),
+                    }
+                    r.groups.push(d);
+                }
+                reply!(r)
+            }
+            other => anyhow::bail!("no handler for {other:?}"),
+        }
+    }
+
+    fn metadata(&self, req: MetadataRequest, v: i16) -> MetadataResponse {
+        let mut r = MetadataResponse::default();
+        let mut broker = MetadataResponseBroker::default();
+        broker.node_id = BrokerId(0);
+        broker.host = s(self.advertised.ip().to_string());
+        broker.port = i32::from(self.advertised.port());
+        r.brokers = vec![broker];
+        if v >= 2 {
+            r.cluster_id = Some(s("tidebase"));
+        }
+        r.controller_id = BrokerId(0);
+        let names: Vec<String> = match &req.topics {
+            None => self.topics().names(),
+            Some(ts) => ts.iter().filter_map(|t| t.name.as_ref().map(|n| n.to_string())).collect(),
+        };
+        for name in names {
+            let mut t = MetadataResponseTopic::default();
+            t.name = Some(topic_name(&name));
+            match self.topics().log().topic(&name) {
+                Some(lt) => {
+                    t.is_internal = name.starts_with(topic::INTERNAL_PREFIX);
+                    t.partitions = (0..lt.partition_count() as i32)
+                        .map(|p| {
+                            let mut mp = MetadataResponsePartition::default();
+                            mp.partition_index = p;
+                            mp.leader_id = BrokerId(0);
+                            mp.replica_nodes = vec![BrokerId(0)];
+                            mp.isr_nodes = vec![BrokerId(0)];
+                            mp
+                        })
+                        .collect();
+                }
+                None => t.error_code = UNKNOWN_TOPIC_OR_PARTITION,
+            }
+            r.topics.push(t);
+        }
+        r
+    }
+
+    async fn produce(&self, req: ProduceRequest, v: i16) -> ProduceResponse {
+        let mut r = ProduceResponse::default();
+        for td in req.topic_data {
+            let name = td.name.to_string();
+            let mut tr = TopicProduceResponse::default();
+            tr.name = td.name.clone();
+            for pd in td.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = pd.index;
+                let data = pd.records.unwrap_or_default();
+                let result = self.append(&name, pd.index, data).await;
+                match result {
+                    Ok((base, start)) => {
+                        pr.base_offset = base;
+                        if v >= 5 {
+                            pr.log_start_offset = start;
+                        }
+                    }
+                    Err(code) => {
+                        pr.error_code = code;
+                        pr.base_offset = -1;
+                    }
+                }
+                tr.partition_responses.push(pr);
+            }
+            r.responses.push(tr);
+        }
+        r
+    }
+
+    /// Appends a producer's record batches. For a topic with columns each
+    /// record's value must be a JSON object that fits them; records that do
+    /// not go to the rejects and the rest are appended.
+    async fn append(&self, topic: &str, partition: i32, data: Bytes) -> Result<(i64, i64), i16> {
+        if topic.starts_with(topic::INTERNAL_PREFIX) {
+            return Err(UNKNOWN_TOPIC_OR_PARTITION);
+        }
+        let topics = self.topics().clone();
+        let table = topics.get(topic).ok_or(UNKNOWN_TOPIC_OR_PARTITION)?;
+        if partition < 0 {
+            return Err(UNKNOWN_TOPIC_OR_PARTITION);
+        }
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let checked = tidebase_catalog::storage::log::batch::check_batches(&data)
+                .map_err(|_| CORRUPT_MESSAGE)?;
+            let mut payload = data.to_vec();
+            if !table.def.is_raw() {
+                let records = topic::decode_batches(&data).map_err(|_| CORRUPT_MESSAGE)?;
+                let mut bad = Vec::new();
+                for rec in &records {
+                    if let Err(reason) = topic::json::decode_row(&table.def.columns, rec.value.as_deref()) {
+                        bad.push(rec.offset);
+                        topics
+                            .reject(&topic, &reason, rec.key.as_deref(), rec.value.as_deref(), rec.timestamp)
+                            .map_err(|e| storage_code(&e))?;
+                    }
+                }
+                if !bad.is_empty() {
+                    // Keep the producer's offsets, ids and sequences for the
+                    // records that fit; the offsets of the rejects stay unused.
+                    let keep: Vec<_> = records.into_iter().filter(|r| !bad.contains(&r.offset)).collect();
+                    if keep.is_empty() {
+                        return Err(INVALID_RECORD);
+                    }
+                    let mut buf = BytesMut::new();
+                    kafka_protocol::records::RecordBatchEncoder::encode(
+                        &mut buf,
+                        &keep,
+                        &kafka_protocol::records::RecordEncodeOptions {
+                            version: 2,
+                            compression: Compression::None,
+                        },
+                    )
+                    .map_err(|_| CORRUPT_MESSAGE)?;
+                    payload = buf.to_vec();
+                }
+            }
+            let _ = checked;
+            let appended = topics
+                .log()
+                .append(&topic, partition as u32, &payload)
+                .map_err(|e| storage_code(&CatalogError::Storage(e)))?;
+            Ok((appended.base_offset, appended.log_start))
+        })
+        .await
+        .unwrap_or(Err(UNKNOWN_SERVER_ERROR))
+    }
+
+    async fn fetch(&self, req: FetchRequest, v: i16) -> FetchResponse {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let max_bytes = if req.max_bytes > 0 { req.max_bytes as usize } else { 50 << 20 };
+        loop {
+            // Register for wake-ups before reading, so no append is missed.
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (resp, bytes) = self.fetch_once(&req, v, max_bytes).await;
+            if bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || bytes > 0 && min_bytes <= 1 {
+                return resp;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.fetch_once(&req, v, max_bytes).await.0;
+            }
+        }
+    }
+
+    async fn fetch_once(&self, req: &FetchRequest, v: i16, max_bytes: usize) -> (FetchResponse, usize) {
+        let mut r = FetchResponse::default();
+        let mut total = 0usize;
+        for ft in &req.topics {
+            let name = ft.topic.to_string();
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = ft.topic.clone();
+            let log_topic = self
+                .topics()
+                .log()
+                .topic(&name)
+                .filter(|_| !name.starts_with(topic::INTERNAL_PREFIX));
+            for fp in &ft.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = fp.partition;
+                let part = log_topic.as_ref().and_then(|t| t.partition(fp.partition.max(0) as u32));
+                match part.filter(|_| fp.partition >= 0) {
+                    None => {
+                        pd.error_code = UNKNOWN_TOPIC_OR_PARTITION;
+                        pd.high_watermark = -1;
+                    }
+                    Some(p) => {
+                        let budget = (fp.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                        let offset = fp.fetch_offset;
+                        let read = if budget == 0 && total > 0 {
+                            Ok(tidebase_catalog::storage::log::Fetched {
+                                data: Vec::new(),
+                                high_watermark: p.high_watermark(),
+                                log_start: p.log_start(),
+                            })
+                        } else {
+                            tokio::task::spawn_blocking(move || p.read(offset, budget.max(1)))
+                                .await
+                                .unwrap_or_else(|e| Err(StorageError::Poisoned(e.to_string())))
+                        };
+                        match read {
+                            Ok(f) => {
+                                pd.high_watermark = f.high_watermark;
+                                pd.last_stable_offset = f.high_watermark;
+                                if v >= 5 {
+                                    pd.log_start_offset = f.log_start;
+                                }
+                                total += f.data.len();
+                                pd.records = Some(Bytes::from(f.data));
+                            }
+                            Err(e) => {
+                                pd.error_code = storage_code(&CatalogError::Storage(e));
+                                pd.high_watermark = -1;
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pd);
+            }
+            r.responses.push(tr);
+        }
+        (r, total)
+    }
+
+    async fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+        let mut r = ListOffsetsResponse::default();
+        for t in req.topics {
+            let name = t.name.to_string();
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            let lt = self.topics().log().topic(&name);
+            for p in t.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = p.partition_index;
+                match lt.as_ref().and_then(|lt| lt.partition(p.partition_index.max(0) as u32)) {
+                    None => pr.error_code = UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(part) => {
+                        pr.timestamp = -1;
+                        pr.offset = match p.timestamp {
+                            -2 => part.log_start(),
+                            -1 | -3 => part.high_watermark(),
+                            ts => {
+                                let found = tokio::task::spawn_blocking(move || offset_for_time(&part, ts))
+                                    .await
+                                    .ok()
+                                    .flatten();
+                                match found {
+                                    Some((o, t)) => {
+                                        pr.timestamp = t;
+                                        o
+                                    }
+                                    None => -1,
+                                }
+                            }
+                        };
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            r.topics.push(tr);
+        }
+        r
+    }
+
+    async fn create_topics(&self, req: CreateTopicsRequest, v: i16) -> CreateTopicsResponse {
+        let mut r = CreateTopicsResponse::default();
+        for t in req.topics {
+            let mut res = CreatableTopicResult::default();
+            res.name = t.name.clone();
+            let partitions = if t.num_partitions <= 0 { 1 } else { t.num_partitions as u32 };
+            let def = TopicDef {
+                name: t.name.to_string(),
+                columns: Vec::new(),
+                key: None,
+            };
+            let config = TopicConfig {
+                partitions,
+                ..Default::default()
+            };
+            let code = if self.catalog.user_schema().get(&def.name).is_some() || self.topics().get(&def.name).is_some() {
+                TOPIC_ALREADY_EXISTS
+            } else if partitions > topic::ddl::MAX_PARTITIONS {
+                INVALID_PARTITIONS
+            } else if req.validate_only {
+                0
+            } else {
+                let topics = self.topics().clone();
+                match tokio::task::spawn_blocking(move || topics.create(def, config, false)).await {
+                    Ok(Ok(_)) => 0,
+                    Ok(Err(CatalogError::Storage(StorageError::InvalidTopic(_))))
+                    | Ok(Err(CatalogError::BadOptionValue { .. })) => INVALID_TOPIC_EXCEPTION,
+                    Ok(Err(CatalogError::TableExists(_))) => TOPIC_ALREADY_EXISTS,
+                    _ => UNKNOWN_SERVER_ERROR,
+                }
+            };
+            res.error_code = code;
+            if v >= 5 && code == 0 {
+                res.num_partitions = partitions as i32;
+                res.replication_factor = 1;
+            }
+            r.topics.push(res);
+        }
+        r
+    }
+
+    async fn delete_topics(&self, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let mut r = DeleteTopicsResponse::default();
+        for n in req.topic_names {
+            let mut res = DeletableTopicResult::default();
+            res.name = Some(n.clone());
+            let topics = self.topics().clone();
+            let name = n.to_string();
+            res.error_code = match tokio::task::spawn_blocking(move || topics.drop_topic(&name)).await {
+                Ok(Ok(true)) => 0,
+                Ok(Ok(false)) => UNKNOWN_TOPIC_OR_PARTITION,
+                _ => UNKNOWN_SERVER_ERROR,
+            };
+            r.responses.push(res);
+        }
+        r
+    }
+
+    async fn offset_commit(&self, req: OffsetCommitRequest) -> OffsetCommitResponse {
+        let group = req.group_id.to_string();
+        let mut r = OffsetCommitResponse::default();
+        // A commit from a member of an older generation is refused.
+        let stale = req.generation_id_or_member_epoch >= 0
+            && self
+                .coordinator
+                .generation_of(&group, &req.member_id)
+                .is_none_or(|g| g != req.generation_id_or_member_epoch);
+        let mut entries = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                entries.push((
+                    t.name.to_string(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                ));
+            }
+        }
+        let code = if stale {
+            if self.coordinator.generation_of(&group, &req.member_id).is_none() {
+                groups::UNKNOWN_MEMBER_ID
+            } else {
+                groups::ILLEGAL_GENERATION
+            }
+        } else if entries
+            .iter()
+            .any(|(t, p, _, _)| self.topics().log().topic(t).and_then(|lt| lt.partition(*p as u32)).is_none() || *p < 0)
+        {
+            UNKNOWN_TOPIC_OR_PARTITION
+        } else {
+            let topics = self.topics().clone();
+            let now = tidebase_catalog::storage::now_ms();
+            match tokio::task::spawn_blocking(move || topics.commit_offsets(&group, &entries, now)).await {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => storage_code(&e),
+                Err(_) => UNKNOWN_SERVER_ERROR,
+            }
+        };
+        for t in &req.topics {
+            let mut tr = OffsetCommitResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = OffsetCommitResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                pr.error_code = code;
+                tr.partitions.push(pr);
+            }
+            r.topics.push(tr);
+        }
+        r
+    }
+
+    fn offset_fetch(&self, req: OffsetFetchRequest) -> OffsetFetchResponse {
+        let group = req.group_id.to_string();
+        let mut r = OffsetFetchResponse::default();
+        let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
+            Some(ts) => ts
+                .iter()
+                .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                .collect(),
+            None => {
+                let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+                for ((g, t, p), _) in self.topics().all_committed() {
+                    if g == group {
+                        by_topic.entry(t).or_default().push(p);
+                    }
+                }
+                by_topic.into_iter().collect()
+            }
+        };
+        for (name, parts) in wanted {
+            let mut tr = OffsetFetchResponseTopic::default();
+            tr.name = topic_name(&name);
+            for p in parts {
+                let mut pr = OffsetFetchResponsePartition::default();
+                pr.partition_index = p;
+                match self.topics().committed(&group, &name, p) {
+                    Some((o, meta)) => {
+                        pr.committed_offset = o;
+                        pr.metadata = Some(s(meta));
+                    }
+                    None => {
+                        pr.committed_offset = -1;
+                        pr.metadata = Some(s(""));
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            r.topics.push(tr);
+        }
+        r
+    }
+}
+
+type Coordinator_ = kafka_protocol::messages::find_coordinator_response::Coordinator;
+
+/// The first offset whose record timestamp is at least `ts`, with that timestamp.
+fn offset_for_time(p: &tidebase_catalog::storage::log::Partition, ts: i64) -> Option<(i64, i64)> {
+    let base = p.batch_for_timestamp(ts)?;
+    let f = p.read(base, 1).ok()?;
+    let records = topic::decode_batches(&f.data).ok()?;
+    records
+        .iter()
+        .find(|r| r.offset >= base && r.timestamp >= ts)
+        .map(|r| (r.offset, r.timestamp))
+        .or(Some((base, -1)))
+}
+
+/// Frames a response: size, header, body.
+fn write_response<M: Encodable>(
+    out: &mut BytesMut,
+    correlation: i32,
+    header_version: i16,
+    body: &M,
+    version: i16,
+) -> anyhow::Result<()> {
+    let start = out.len();
+    out.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation;
+    header.encode(out, header_version)?;
+    body.encode(out, version)?;
+    let size = (out.len() - start - 4) as i32;
+    out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}
+
