@@ -9,10 +9,10 @@ use datafusion::sql::sqlparser::ast::{AlterTableOperation, ObjectName, Statement
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
 use pgwire::api::results::Tag;
+use tidebase_catalog::storage::log::TopicConfig;
 use tidebase_catalog::table::codec::encode_key_value;
 use tidebase_catalog::table::ddl::{apply_options, set_option, split_family, table_def};
 use tidebase_catalog::table::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
-use tidebase_catalog::storage::log::TopicConfig;
 use tidebase_catalog::topic::TopicDef;
 use tidebase_catalog::CatalogError;
 
@@ -250,7 +250,9 @@ fn topic_command(sql: &str, tokens: &[Token], sig: &[&Token]) -> Result<DdlComma
         Some(Token::Word(w)) => Some(w),
         _ => None,
     };
-    let verb = word(0).map(|w| w.value.to_ascii_uppercase()).unwrap_or_default();
+    let verb = word(0)
+        .map(|w| w.value.to_ascii_uppercase())
+        .unwrap_or_default();
     match verb.as_str() {
         "CREATE" => {
             // Swap the TOPIC keyword for TABLE and let the grammar do the rest.
@@ -267,10 +269,13 @@ fn topic_command(sql: &str, tokens: &[Token], sig: &[&Token]) -> Result<DdlComma
                     text.push_str(&t.to_string());
                 }
             }
-            let stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &text)
-                .map_err(|e| syntax(e.to_string().replace("TABLE", "TOPIC")))?;
+            let stmts =
+                datafusion::sql::sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, &text)
+                    .map_err(|e| syntax(e.to_string().replace("TABLE", "TOPIC")))?;
             let [Statement::CreateTable(ct)] = stmts.as_slice() else {
-                return Err(syntax("expected CREATE TOPIC name [(columns)] [WITH (options)]"));
+                return Err(syntax(
+                    "expected CREATE TOPIC name [(columns)] [WITH (options)]",
+                ));
             };
             if ct.query.is_some() || !ct.constraints.is_empty() {
                 return Err(QueryError::NotSupported {
@@ -306,12 +311,16 @@ fn topic_command(sql: &str, tokens: &[Token], sig: &[&Token]) -> Result<DdlComma
             Ok(DdlCommand::DropTopic { names, if_exists })
         }
         _ => {
-            let name = word(2).map(ident_word).ok_or_else(|| syntax("expected a topic name"))?;
+            let name = word(2)
+                .map(ident_word)
+                .ok_or_else(|| syntax("expected a topic name"))?;
             if !(word(3).is_some_and(|w| w.value.eq_ignore_ascii_case("SET"))
                 && matches!(sig.get(4), Some(Token::LParen))
                 && matches!(sig.last(), Some(Token::RParen)))
             {
-                return Err(syntax("expected ALTER TOPIC name SET (option = value, ...)"));
+                return Err(syntax(
+                    "expected ALTER TOPIC name SET (option = value, ...)",
+                ));
             }
             let inner = &sig[5..sig.len() - 1];
             let mut options = Vec::new();
@@ -474,7 +483,10 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
                 return Err(CatalogError::TableExists(def.name).into());
             }
             let topics = catalog.topics().clone();
-            blocking(Box::new(move || topics.create(def, config, if_not_exists).map(|_| ()))).await?;
+            blocking(Box::new(move || {
+                topics.create(def, config, if_not_exists).map(|_| ())
+            }))
+            .await?;
             Ok(Tag::new("CREATE TOPIC"))
         }
         DdlCommand::DropTopic { names, if_exists } => {
@@ -511,13 +523,22 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
             if config.partitions < log_topic.partition_count() {
                 return Err(CatalogError::BadOptionValue {
                     name: "PARTITIONS".into(),
-                    value: format!("{} (partitions only grow, from {})", config.partitions, log_topic.partition_count()),
+                    value: format!(
+                        "{} (partitions only grow, from {})",
+                        config.partitions,
+                        log_topic.partition_count()
+                    ),
                 }
                 .into());
             }
             blocking(Box::new(move || {
                 topics
-                    .alter(&name, Some(config.partitions), Some(config.retention_ms), Some(config.retention_bytes))
+                    .alter(
+                        &name,
+                        Some(config.partitions),
+                        Some(config.retention_ms),
+                        Some(config.retention_bytes),
+                    )
                     .map(|_| ())
             }))
             .await?;

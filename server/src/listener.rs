@@ -121,7 +121,9 @@ pub async fn run_with_kafka(
             let addr = l.local_addr()?;
             tracing::info!(%addr, "listening for Kafka clients");
             let k = crate::kafka::Kafka::new(shared.catalog.clone(), addr);
-            Some(tokio::spawn(k.serve(l, stop_kafka.clone().cancelled_owned())))
+            Some(tokio::spawn(
+                k.serve(l, stop_kafka.clone().cancelled_owned()),
+            ))
         }
         None => None,
     };

@@ -62,7 +62,7 @@ class Server:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [BINARY, "--listen", f"127.0.0.1:{self.port}", "--data-dir", os.path.join(self.dir, "data"),
-             "--log-level", "warn"],
+             "--kafka-listen", "", "--log-level", "warn"],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.time() + 30

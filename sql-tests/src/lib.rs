@@ -16,6 +16,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 /// A server running in this process until dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The Kafka listener's address.
+    pub kafka: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -34,6 +36,8 @@ impl TestServer {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let kafka_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let kafka = kafka_listener.local_addr()?;
         let mut config = tidebase_server::Config {
             listen: addr,
             data_dir: dir.path().join("data"),
@@ -45,12 +49,16 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = tidebase_server::run(listener, config, shutdown).await {
+            if let Err(e) =
+                tidebase_server::run_with_kafka(listener, Some(kafka_listener), config, shutdown)
+                    .await
+            {
                 panic!("server failed: {e}");
             }
         });
         Ok(Self {
             addr,
+            kafka,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

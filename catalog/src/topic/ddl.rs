@@ -39,7 +39,8 @@ pub fn topic_def(ct: &CreateTable) -> Result<(TopicDef, TopicConfig), CatalogErr
                 value: format!("{col} (reserved for every topic)"),
             });
         }
-        def.columns.push((col, column_type(&c.data_type.to_string())?));
+        def.columns
+            .push((col, column_type(&c.data_type.to_string())?));
     }
     let mut config = TopicConfig::default();
     let options: Vec<SqlOption> = match &ct.table_options {
@@ -69,7 +70,8 @@ pub fn set_option(
         name: key.to_string(),
         value: value.to_string(),
     };
-    let none = |v: &str| v.eq_ignore_ascii_case("none") || v.eq_ignore_ascii_case("forever") || v == "-1";
+    let none =
+        |v: &str| v.eq_ignore_ascii_case("none") || v.eq_ignore_ascii_case("forever") || v == "-1";
     match key.to_ascii_uppercase().as_str() {
         "PARTITIONS" => {
             config.partitions = value

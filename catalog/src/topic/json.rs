@@ -47,7 +47,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -103,7 +103,9 @@ pub fn to_json(ty: SqlType, array: &ArrayRef, row: usize) -> Value {
 pub fn key_text(ty: SqlType, array: &ArrayRef, row: usize) -> Option<Vec<u8>> {
     match to_json(ty, array, row) {
         Value::Null => None,
-        Value::String(s) if ty == SqlType::Bytea => Some(array_bytes(array, row).unwrap_or(s.into_bytes())),
+        Value::String(s) if ty == SqlType::Bytea => {
+            Some(array_bytes(array, row).unwrap_or(s.into_bytes()))
+        }
         Value::String(s) => Some(s.into_bytes()),
         other => Some(other.to_string().into_bytes()),
     }
@@ -126,7 +128,11 @@ fn parse_timestamp(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros());
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
             return Some(t.and_utc().timestamp_micros());
         }
@@ -166,7 +172,10 @@ pub fn from_json(ty: SqlType, v: &Value) -> Result<Val, String> {
             },
             _ => Err(wrong()),
         },
-        SqlType::Text => v.as_str().map(|s| Val::Text(s.to_owned())).ok_or_else(wrong),
+        SqlType::Text => v
+            .as_str()
+            .map(|s| Val::Text(s.to_owned()))
+            .ok_or_else(wrong),
         SqlType::Bytea => {
             let s = v.as_str().ok_or_else(wrong)?;
             match s.strip_prefix("\\x") {
@@ -234,31 +243,46 @@ pub fn append(builder: &mut dyn ArrayBuilder, v: &Val) {
         Val::Float(f) => Some(*f),
         _ => None,
     };
-    put!(BooleanBuilder, match v {
-        Val::Bool(x) => Some(*x),
-        _ => None,
-    });
+    put!(
+        BooleanBuilder,
+        match v {
+            Val::Bool(x) => Some(*x),
+            _ => None,
+        }
+    );
     put!(Int16Builder, int.map(|i| i as i16));
     put!(Int32Builder, int.map(|i| i as i32));
     put!(Int64Builder, int);
     put!(Float32Builder, fl.map(|f| f as f32));
     put!(Float64Builder, fl);
-    put!(StringBuilder, match v {
-        Val::Text(s) => Some(s.as_str()),
-        _ => None,
-    });
-    put!(BinaryBuilder, match v {
-        Val::Bytes(s) => Some(s.as_slice()),
-        _ => None,
-    });
-    put!(Date32Builder, match v {
-        Val::Date(d) => Some(*d),
-        _ => None,
-    });
-    put!(TimestampMicrosecondBuilder, match v {
-        Val::Micros(t) => Some(*t),
-        _ => None,
-    });
+    put!(
+        StringBuilder,
+        match v {
+            Val::Text(s) => Some(s.as_str()),
+            _ => None,
+        }
+    );
+    put!(
+        BinaryBuilder,
+        match v {
+            Val::Bytes(s) => Some(s.as_slice()),
+            _ => None,
+        }
+    );
+    put!(
+        Date32Builder,
+        match v {
+            Val::Date(d) => Some(*d),
+            _ => None,
+        }
+    );
+    put!(
+        TimestampMicrosecondBuilder,
+        match v {
+            Val::Micros(t) => Some(*t),
+            _ => None,
+        }
+    );
 }
 
 #[cfg(test)]
@@ -306,8 +330,14 @@ mod tests {
 
     #[test]
     fn misfits_say_why() {
-        let cols = vec![("n".to_string(), SqlType::Int4), ("t".to_string(), SqlType::Timestamp)];
-        assert_eq!(decode_row(&cols, Some(b"{}")).unwrap(), vec![Val::Null, Val::Null]);
+        let cols = vec![
+            ("n".to_string(), SqlType::Int4),
+            ("t".to_string(), SqlType::Timestamp),
+        ];
+        assert_eq!(
+            decode_row(&cols, Some(b"{}")).unwrap(),
+            vec![Val::Null, Val::Null]
+        );
         assert_eq!(
             decode_row(&cols, Some(br#"{"t": 1700000000000}"#)).unwrap()[1],
             Val::Micros(1_700_000_000_000_000)
@@ -315,7 +345,10 @@ mod tests {
         for (bad, why) in [
             (&b"nope"[..], "not JSON"),
             (b"[1]", "not a JSON object"),
-            (br#"{"n": "x"}"#, "column \"n\": \"x\" is not a valid integer"),
+            (
+                br#"{"n": "x"}"#,
+                "column \"n\": \"x\" is not a valid integer",
+            ),
             (br#"{"n": 3000000000}"#, "out of range"),
             (br#"{"t": "yesterday"}"#, "not a valid timestamp"),
         ] {

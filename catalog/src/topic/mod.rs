@@ -81,7 +81,11 @@ impl TopicDef {
     pub fn encode(&self) -> String {
         let mut s = String::new();
         for (n, t) in &self.columns {
-            s.push_str(&format!("column {} {}\n", t.name().replace(' ', "_"), hex(n)));
+            s.push_str(&format!(
+                "column {} {}\n",
+                t.name().replace(' ', "_"),
+                hex(n)
+            ));
         }
         if let Some(k) = &self.key {
             s.push_str(&format!("key {}\n", hex(k)));
@@ -215,12 +219,15 @@ pub fn decode_batches(data: &[u8]) -> Result<Vec<Record>, CatalogError> {
         .collect())
 }
 
+/// (group, topic, partition).
+type GroupPartition = (String, String, i32);
+
 /// Every user topic and the system topics, over one log store.
 pub struct Topics {
     log: Arc<LogStore>,
     tables: RwLock<BTreeMap<String, Arc<TopicTable>>>,
     round_robin: AtomicU64,
-    offsets: RwLock<BTreeMap<(String, String, i32), (i64, String)>>,
+    offsets: RwLock<BTreeMap<GroupPartition, (i64, String)>>,
     rejected: RwLock<BTreeMap<String, u64>>,
 }
 
@@ -431,7 +438,8 @@ impl Topics {
                 timestamp_ms: now_ms,
             })
             .collect();
-        self.log.append(OFFSETS_TOPIC, 0, &encode_batch(&messages))?;
+        self.log
+            .append(OFFSETS_TOPIC, 0, &encode_batch(&messages))?;
         let mut map = self.offsets.write();
         for (topic, p, o, meta) in offsets {
             map.insert((group.to_owned(), topic.clone(), *p), (*o, meta.clone()));
@@ -449,7 +457,11 @@ impl Topics {
 
     /// Every committed offset: (group, topic, partition) -> offset.
     pub fn all_committed(&self) -> Vec<((String, String, i32), i64)> {
-        self.offsets.read().iter().map(|(k, v)| (k.clone(), v.0)).collect()
+        self.offsets
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0))
+            .collect()
     }
 
     /// Messages of `topic` sent to the rejects.
@@ -481,7 +493,9 @@ impl Topics {
         let mut counts = self.rejected.write();
         self.replay(REJECTS_TOPIC, |r| {
             if let Some(k) = &r.key {
-                *counts.entry(String::from_utf8_lossy(k).into_owned()).or_default() += 1;
+                *counts
+                    .entry(String::from_utf8_lossy(k).into_owned())
+                    .or_default() += 1;
             }
         })
     }
@@ -518,7 +532,10 @@ mod tests {
             ("foobar", -790_332_482),
             ("a-little-bit-long-string", -985_981_536),
             ("a-little-bit-longer-string", -1_486_304_829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             ("abc", 479_470_107),
         ] {
             assert_eq!(murmur2(s.as_bytes()), h, "{s}");
@@ -550,7 +567,12 @@ mod tests {
             })
             .collect();
         let b = encode_batch(&msgs);
-        assert_eq!(tidebase_storage::log::batch::check_batches(&b).unwrap().len(), 1);
+        assert_eq!(
+            tidebase_storage::log::batch::check_batches(&b)
+                .unwrap()
+                .len(),
+            1
+        );
         let back = decode_batches(&b).unwrap();
         assert_eq!(back.len(), 5);
         assert_eq!(back[4].offset, 4);

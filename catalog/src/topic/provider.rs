@@ -71,7 +71,10 @@ fn column_literal(e: &BinaryExpr) -> Option<(&str, Operator, ScalarValue)> {
 }
 
 fn as_i64(v: &ScalarValue) -> Option<i64> {
-    match v.cast_to(&datafusion::arrow::datatypes::DataType::Int64).ok()? {
+    match v
+        .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
+        .ok()?
+    {
         ScalarValue::Int64(Some(i)) => Some(i),
         _ => None,
     }
@@ -172,7 +175,9 @@ impl TopicTable {
         let n = self.def.columns.len().max(1);
         let cols: Vec<ArrayRef> = batch.columns()[..n].to_vec();
         let part = batch.column(n).as_primitive::<Int32Type>();
-        let ts = batch.column(n + 2).as_primitive::<TimestampMicrosecondType>();
+        let ts = batch
+            .column(n + 2)
+            .as_primitive::<TimestampMicrosecondType>();
         let keys = batch.column(n + 3).as_binary::<i32>();
         let key_col = self
             .def
@@ -212,7 +217,14 @@ impl TopicTable {
             } else {
                 now_ms
             };
-            out.push((p, Message { key, value, timestamp_ms }));
+            out.push((
+                p,
+                Message {
+                    key,
+                    value,
+                    timestamp_ms,
+                },
+            ));
         }
         Ok(out)
     }
@@ -238,13 +250,17 @@ impl TopicTable {
 
 #[async_trait]
 impl TableProvider for TopicTable {
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        // The system topics are read-only views (tidebase.rejects).
+        if self.def.name.starts_with(super::INTERNAL_PREFIX) {
+            TableType::View
+        } else {
+            TableType::Base
+        }
     }
 
     fn supports_filters_pushdown(
@@ -356,7 +372,6 @@ impl DisplayAs for TopicSink {
 
 #[async_trait]
 impl DataSink for TopicSink {
-
     fn schema(&self) -> &SchemaRef {
         &self.table.schema
     }
@@ -404,7 +419,12 @@ impl DisplayAs for TopicScanExec {
             .iter()
             .map(|(p, _, s, e)| format!("{p}:[{s},{e})"))
             .collect();
-        write!(f, "TopicScanExec: topic={}, partitions={}", self.def.name, ranges.join(" "))
+        write!(
+            f,
+            "TopicScanExec: topic={}, partitions={}",
+            self.def.name,
+            ranges.join(" ")
+        )
     }
 }
 
@@ -429,7 +449,11 @@ fn records_to_batch(
         }
         columns.push(Arc::new(b.finish()));
     } else {
-        let mut builders: Vec<_> = def.columns.iter().map(|(_, t)| builder(*t, rows.len())).collect();
+        let mut builders: Vec<_> = def
+            .columns
+            .iter()
+            .map(|(_, t)| builder(*t, rows.len()))
+            .collect();
         for r in &rows {
             // A message that does not decode (it was accepted before a
             // column existed, say) reads as NULLs.

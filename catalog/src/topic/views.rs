@@ -83,7 +83,11 @@ impl TopicsView {
             rms.push(c.retention_ms);
             rbytes.push(c.retention_bytes.map(|b| b as i64));
             let ps = t.partitions();
-            msgs.push(ps.iter().map(|p| p.high_watermark() - p.log_start()).sum::<i64>());
+            msgs.push(
+                ps.iter()
+                    .map(|p| p.high_watermark() - p.log_start())
+                    .sum::<i64>(),
+            );
             size.push(ps.iter().map(|p| p.size() as i64).sum::<i64>());
             rejected.push(self.0.rejected(&n) as i64);
         }
@@ -117,7 +121,15 @@ impl TableProvider for TopicsView {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        scan_batch(self.schema(), self.batch()?, state, projection, filters, limit).await
+        scan_batch(
+            self.schema(),
+            self.batch()?,
+            state,
+            projection,
+            filters,
+            limit,
+        )
+        .await
     }
 }
 
@@ -186,6 +198,14 @@ impl TableProvider for ConsumerGroupsView {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        scan_batch(self.schema(), self.batch()?, state, projection, filters, limit).await
+        scan_batch(
+            self.schema(),
+            self.batch()?,
+            state,
+            projection,
+            filters,
+            limit,
+        )
+        .await
     }
 }

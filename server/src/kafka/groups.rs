@@ -128,10 +128,11 @@ impl Group {
             .find_map(|id| self.members.get(id))
             .or_else(|| self.members.values().next());
         let protocol = first.and_then(|f| {
-            f.protocols
-                .iter()
-                .map(|(n, _)| n.clone())
-                .find(|n| self.members.values().all(|m| m.protocols.iter().any(|(p, _)| p == n)))
+            f.protocols.iter().map(|(n, _)| n.clone()).find(|n| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(p, _)| p == n))
+            })
         });
         self.generation += 1;
         self.protocol = protocol.clone();
@@ -170,7 +171,11 @@ impl Group {
                 protocol_type: self.protocol_type.clone(),
                 protocol: protocol.clone(),
                 leader: leader.clone(),
-                members: if id == leader { all.clone() } else { Vec::new() },
+                members: if id == leader {
+                    all.clone()
+                } else {
+                    Vec::new()
+                },
                 member_id: id,
             });
         }
@@ -228,7 +233,10 @@ impl Coordinator {
         let (tx, rx) = oneshot::channel();
         let mut groups = self.groups.lock();
         let g = groups.entry(j.group.clone()).or_default();
-        if !g.members.is_empty() && !g.protocol_type.is_empty() && g.protocol_type != j.protocol_type {
+        if !g.members.is_empty()
+            && !g.protocol_type.is_empty()
+            && g.protocol_type != j.protocol_type
+        {
             let _ = tx.send(JoinResult {
                 error: INCONSISTENT_GROUP_PROTOCOL,
                 ..Default::default()
@@ -236,8 +244,17 @@ impl Coordinator {
             return rx;
         }
         let id = if j.member_id.is_empty() {
-            let n = self.next_member.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("{}-{n}", if j.client_id.is_empty() { "member" } else { &j.client_id })
+            let n = self
+                .next_member
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!(
+                "{}-{n}",
+                if j.client_id.is_empty() {
+                    "member"
+                } else {
+                    &j.client_id
+                }
+            )
         } else if g.members.contains_key(&j.member_id) {
             j.member_id.clone()
         } else {
@@ -285,7 +302,10 @@ impl Coordinator {
     ) -> oneshot::Receiver<(i16, Bytes)> {
         let (tx, rx) = oneshot::channel();
         let mut groups = self.groups.lock();
-        let Some(g) = groups.get_mut(group).filter(|g| g.members.contains_key(member)) else {
+        let Some(g) = groups
+            .get_mut(group)
+            .filter(|g| g.members.contains_key(member))
+        else {
             let _ = tx.send((UNKNOWN_MEMBER_ID, Bytes::new()));
             return rx;
         };
@@ -311,7 +331,11 @@ impl Coordinator {
                     g.state = Some(GroupState::Stable);
                     let _ = tx.send((NONE, g.members[member].assignment.clone()));
                     for (m, waiter) in g.sync_waiters.drain(..) {
-                        let a = g.members.get(&m).map(|x| x.assignment.clone()).unwrap_or_default();
+                        let a = g
+                            .members
+                            .get(&m)
+                            .map(|x| x.assignment.clone())
+                            .unwrap_or_default();
                         let _ = waiter.send((NONE, a));
                     }
                 } else {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -37,7 +38,6 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
@@ -111,9 +111,13 @@ fn storage_code(e: &CatalogError) -> i16 {
         | CatalogError::Storage(StorageError::PartitionNotFound { .. })
         | CatalogError::TableNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
         CatalogError::Storage(StorageError::InvalidRecordBatch(_)) => CORRUPT_MESSAGE,
-        CatalogError::Storage(StorageError::OutOfOrderSequence { .. }) => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        CatalogError::Storage(StorageError::OutOfOrderSequence { .. }) => {
+            OUT_OF_ORDER_SEQUENCE_NUMBER
+        }
         CatalogError::Storage(StorageError::OffsetOutOfRange { .. }) => OFFSET_OUT_OF_RANGE,
-        CatalogError::Storage(StorageError::Io { .. } | StorageError::Poisoned(_)) => KAFKA_STORAGE_ERROR,
+        CatalogError::Storage(StorageError::Io { .. } | StorageError::Poisoned(_)) => {
+            KAFKA_STORAGE_ERROR
+        }
         _ => UNKNOWN_SERVER_ERROR,
     }
 }
@@ -122,7 +126,10 @@ impl Kafka {
     pub fn new(catalog: Arc<Catalog>, advertised: SocketAddr) -> Arc<Kafka> {
         let appended = Arc::new(Notify::new());
         let n = appended.clone();
-        catalog.topics().log().set_append_listener(move |_, _| n.notify_waiters());
+        catalog
+            .topics()
+            .log()
+            .set_append_listener(move |_, _| n.notify_waiters());
         // Producer ids must not repeat across restarts (the log remembers
         // sequence numbers per id): start from the clock.
         let start = tidebase_catalog::storage::now_ms().max(1) << 10;
@@ -140,7 +147,11 @@ impl Kafka {
     }
 
     /// Accepts connections until `shutdown` resolves.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let sweeper = {
             let me = self.clone();
@@ -151,7 +162,7 @@ impl Kafka {
                     tick.tick().await;
                     me.coordinator.expire();
                     n += 1;
-                    if n % 120 == 0 {
+                    if n.is_multiple_of(120) {
                         let topics = me.topics().clone();
                         let now = tidebase_catalog::storage::now_ms();
                         let _ = tokio::task::spawn_blocking(move || {
@@ -187,7 +198,11 @@ impl Kafka {
         conns.abort_all();
     }
 
-    async fn connection(self: Arc<Self>, mut socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    async fn connection(
+        self: Arc<Self>,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+    ) -> anyhow::Result<()> {
         socket.set_nodelay(true)?;
         let mut out = BytesMut::new();
         loop {
@@ -225,10 +240,22 @@ impl Kafka {
                 anyhow::bail!("unsupported version {version} of {key:?}");
             }
             let header = RequestHeader::decode(&mut buf, key.request_header_version(version))?;
-            let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
             out.clear();
             let respond = self
-                .handle(key, version, &mut buf, &client_id, peer, correlation, &mut out)
+                .handle(
+                    key,
+                    version,
+                    &mut buf,
+                    &client_id,
+                    peer,
+                    correlation,
+                    &mut out,
+                )
                 .await?;
             if respond {
                 socket.write_all(&out).await?;
@@ -287,9 +314,17 @@ impl Kafka {
                 reply!(resp)
             }
             ApiKey::Fetch => reply!(self.fetch(FetchRequest::decode(buf, v)?, v).await),
-            ApiKey::ListOffsets => reply!(self.list_offsets(ListOffsetsRequest::decode(buf, v)?).await),
-            ApiKey::CreateTopics => reply!(self.create_topics(CreateTopicsRequest::decode(buf, v)?, v).await),
-            ApiKey::DeleteTopics => reply!(self.delete_topics(DeleteTopicsRequest::decode(buf, v)?).await),
+            ApiKey::ListOffsets => {
+                reply!(self.list_offsets(ListOffsetsRequest::decode(buf, v)?).await)
+            }
+            ApiKey::CreateTopics => reply!(
+                self.create_topics(CreateTopicsRequest::decode(buf, v)?, v)
+                    .await
+            ),
+            ApiKey::DeleteTopics => reply!(
+                self.delete_topics(DeleteTopicsRequest::decode(buf, v)?)
+                    .await
+            ),
             ApiKey::InitProducerId => {
                 let _req = InitProducerIdRequest::decode(buf, v)?;
                 let mut r = InitProducerIdResponse::default();
@@ -337,7 +372,12 @@ impl Kafka {
                         .collect(),
                     session_timeout: Duration::from_millis(req.session_timeout_ms.max(1000) as u64),
                     rebalance_timeout: Duration::from_millis(
-                        (if v >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms }).max(1000) as u64,
+                        (if v >= 1 {
+                            req.rebalance_timeout_ms
+                        } else {
+                            req.session_timeout_ms
+                        })
+                        .max(1000) as u64,
                     ),
                 });
                 let res = rx.await.unwrap_or_default();
@@ -373,7 +413,9 @@ impl Kafka {
                         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
                         .collect(),
                 );
-                let (code, assignment) = rx.await.unwrap_or((groups::REBALANCE_IN_PROGRESS, Bytes::new()));
+                let (code, assignment) = rx
+                    .await
+                    .unwrap_or((groups::REBALANCE_IN_PROGRESS, Bytes::new()));
                 let mut r = SyncGroupResponse::default();
                 r.error_code = code;
                 r.assignment = assignment;
@@ -386,7 +428,9 @@ impl Kafka {
             ApiKey::Heartbeat => {
                 let req = HeartbeatRequest::decode(buf, v)?;
                 let mut r = HeartbeatResponse::default();
-                r.error_code = self.coordinator.heartbeat(&req.group_id, &req.member_id, req.generation_id);
+                r.error_code =
+                    self.coordinator
+                        .heartbeat(&req.group_id, &req.member_id, req.generation_id);
                 reply!(r)
             }
             ApiKey::LeaveGroup => {
@@ -404,7 +448,10 @@ impl Kafka {
                 }
                 reply!(r)
             }
-            ApiKey::OffsetCommit => reply!(self.offset_commit(OffsetCommitRequest::decode(buf, v)?).await),
+            ApiKey::OffsetCommit => reply!(
+                self.offset_commit(OffsetCommitRequest::decode(buf, v)?)
+                    .await
+            ),
             ApiKey::OffsetFetch => reply!(self.offset_fetch(OffsetFetchRequest::decode(buf, v)?)),
             ApiKey::ListGroups => {
                 let _req = ListGroupsRequest::decode(buf, v)?;
@@ -478,7 +525,10 @@ impl Kafka {
         r.controller_id = BrokerId(0);
         let names: Vec<String> = match &req.topics {
             None => self.topics().names(),
-            Some(ts) => ts.iter().filter_map(|t| t.name.as_ref().map(|n| n.to_string())).collect(),
+            Some(ts) => ts
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+                .collect(),
         };
         for name in names {
             let mut t = MetadataResponseTopic::default();
@@ -555,17 +605,28 @@ impl Kafka {
                 let records = topic::decode_batches(&data).map_err(|_| CORRUPT_MESSAGE)?;
                 let mut bad = Vec::new();
                 for rec in &records {
-                    if let Err(reason) = topic::json::decode_row(&table.def.columns, rec.value.as_deref()) {
+                    if let Err(reason) =
+                        topic::json::decode_row(&table.def.columns, rec.value.as_deref())
+                    {
                         bad.push(rec.offset);
                         topics
-                            .reject(&topic, &reason, rec.key.as_deref(), rec.value.as_deref(), rec.timestamp)
+                            .reject(
+                                &topic,
+                                &reason,
+                                rec.key.as_deref(),
+                                rec.value.as_deref(),
+                                rec.timestamp,
+                            )
                             .map_err(|e| storage_code(&e))?;
                     }
                 }
                 if !bad.is_empty() {
                     // Keep the producer's offsets, ids and sequences for the
                     // records that fit; the offsets of the rejects stay unused.
-                    let keep: Vec<_> = records.into_iter().filter(|r| !bad.contains(&r.offset)).collect();
+                    let keep: Vec<_> = records
+                        .into_iter()
+                        .filter(|r| !bad.contains(&r.offset))
+                        .collect();
                     if keep.is_empty() {
                         return Err(INVALID_RECORD);
                     }
@@ -594,16 +655,24 @@ impl Kafka {
     }
 
     async fn fetch(&self, req: FetchRequest, v: i16) -> FetchResponse {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
         let min_bytes = req.min_bytes.max(0) as usize;
-        let max_bytes = if req.max_bytes > 0 { req.max_bytes as usize } else { 50 << 20 };
+        let max_bytes = if req.max_bytes > 0 {
+            req.max_bytes as usize
+        } else {
+            50 << 20
+        };
         loop {
             // Register for wake-ups before reading, so no append is missed.
             let notified = self.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (resp, bytes) = self.fetch_once(&req, v, max_bytes).await;
-            if bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline || bytes > 0 && min_bytes <= 1 {
+            if bytes >= min_bytes.max(1)
+                || tokio::time::Instant::now() >= deadline
+                || bytes > 0 && min_bytes <= 1
+            {
                 return resp;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -612,7 +681,12 @@ impl Kafka {
         }
     }
 
-    async fn fetch_once(&self, req: &FetchRequest, v: i16, max_bytes: usize) -> (FetchResponse, usize) {
+    async fn fetch_once(
+        &self,
+        req: &FetchRequest,
+        v: i16,
+        max_bytes: usize,
+    ) -> (FetchResponse, usize) {
         let mut r = FetchResponse::default();
         let mut total = 0usize;
         for ft in &req.topics {
@@ -627,14 +701,17 @@ impl Kafka {
             for fp in &ft.partitions {
                 let mut pd = PartitionData::default();
                 pd.partition_index = fp.partition;
-                let part = log_topic.as_ref().and_then(|t| t.partition(fp.partition.max(0) as u32));
+                let part = log_topic
+                    .as_ref()
+                    .and_then(|t| t.partition(fp.partition.max(0) as u32));
                 match part.filter(|_| fp.partition >= 0) {
                     None => {
                         pd.error_code = UNKNOWN_TOPIC_OR_PARTITION;
                         pd.high_watermark = -1;
                     }
                     Some(p) => {
-                        let budget = (fp.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                        let budget = (fp.partition_max_bytes.max(0) as usize)
+                            .min(max_bytes.saturating_sub(total));
                         let offset = fp.fetch_offset;
                         let read = if budget == 0 && total > 0 {
                             Ok(tidebase_catalog::storage::log::Fetched {
@@ -681,7 +758,10 @@ impl Kafka {
             for p in t.partitions {
                 let mut pr = ListOffsetsPartitionResponse::default();
                 pr.partition_index = p.partition_index;
-                match lt.as_ref().and_then(|lt| lt.partition(p.partition_index.max(0) as u32)) {
+                match lt
+                    .as_ref()
+                    .and_then(|lt| lt.partition(p.partition_index.max(0) as u32))
+                {
                     None => pr.error_code = UNKNOWN_TOPIC_OR_PARTITION,
                     Some(part) => {
                         pr.timestamp = -1;
@@ -689,10 +769,11 @@ impl Kafka {
                             -2 => part.log_start(),
                             -1 | -3 => part.high_watermark(),
                             ts => {
-                                let found = tokio::task::spawn_blocking(move || offset_for_time(&part, ts))
-                                    .await
-                                    .ok()
-                                    .flatten();
+                                let found =
+                                    tokio::task::spawn_blocking(move || offset_for_time(&part, ts))
+                                        .await
+                                        .ok()
+                                        .flatten();
                                 match found {
                                     Some((o, t)) => {
                                         pr.timestamp = t;
@@ -716,7 +797,11 @@ impl Kafka {
         for t in req.topics {
             let mut res = CreatableTopicResult::default();
             res.name = t.name.clone();
-            let partitions = if t.num_partitions <= 0 { 1 } else { t.num_partitions as u32 };
+            let partitions = if t.num_partitions <= 0 {
+                1
+            } else {
+                t.num_partitions as u32
+            };
             let def = TopicDef {
                 name: t.name.to_string(),
                 columns: Vec::new(),
@@ -726,7 +811,9 @@ impl Kafka {
                 partitions,
                 ..Default::default()
             };
-            let code = if self.catalog.user_schema().get(&def.name).is_some() || self.topics().get(&def.name).is_some() {
+            let code = if self.catalog.user_schema().get(&def.name).is_some()
+                || self.topics().get(&def.name).is_some()
+            {
                 TOPIC_ALREADY_EXISTS
             } else if partitions > topic::ddl::MAX_PARTITIONS {
                 INVALID_PARTITIONS
@@ -759,11 +846,12 @@ impl Kafka {
             res.name = Some(n.clone());
             let topics = self.topics().clone();
             let name = n.to_string();
-            res.error_code = match tokio::task::spawn_blocking(move || topics.drop_topic(&name)).await {
-                Ok(Ok(true)) => 0,
-                Ok(Ok(false)) => UNKNOWN_TOPIC_OR_PARTITION,
-                _ => UNKNOWN_SERVER_ERROR,
-            };
+            res.error_code =
+                match tokio::task::spawn_blocking(move || topics.drop_topic(&name)).await {
+                    Ok(Ok(true)) => 0,
+                    Ok(Ok(false)) => UNKNOWN_TOPIC_OR_PARTITION,
+                    _ => UNKNOWN_SERVER_ERROR,
+                };
             r.responses.push(res);
         }
         r
@@ -785,25 +873,38 @@ impl Kafka {
                     t.name.to_string(),
                     p.partition_index,
                     p.committed_offset,
-                    p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+                    p.committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
                 ));
             }
         }
         let code = if stale {
-            if self.coordinator.generation_of(&group, &req.member_id).is_none() {
+            if self
+                .coordinator
+                .generation_of(&group, &req.member_id)
+                .is_none()
+            {
                 groups::UNKNOWN_MEMBER_ID
             } else {
                 groups::ILLEGAL_GENERATION
             }
-        } else if entries
-            .iter()
-            .any(|(t, p, _, _)| self.topics().log().topic(t).and_then(|lt| lt.partition(*p as u32)).is_none() || *p < 0)
-        {
+        } else if entries.iter().any(|(t, p, _, _)| {
+            self.topics()
+                .log()
+                .topic(t)
+                .and_then(|lt| lt.partition(*p as u32))
+                .is_none()
+                || *p < 0
+        }) {
             UNKNOWN_TOPIC_OR_PARTITION
         } else {
             let topics = self.topics().clone();
             let now = tidebase_catalog::storage::now_ms();
-            match tokio::task::spawn_blocking(move || topics.commit_offsets(&group, &entries, now)).await {
+            match tokio::task::spawn_blocking(move || topics.commit_offsets(&group, &entries, now))
+                .await
+            {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => storage_code(&e),
                 Err(_) => UNKNOWN_SERVER_ERROR,
@@ -897,4 +998,3 @@ fn write_response<M: Encodable>(
     out[start..start + 4].copy_from_slice(&size.to_be_bytes());
     Ok(())
 }
-
