@@ -15,6 +15,7 @@ use pgwire::messages::copy::CopyData;
 use tidebase_catalog::table::codec::arrow_type;
 use tidebase_catalog::table::provider::CopyStage;
 use tidebase_catalog::table::{SqlType, TableDef};
+use tidebase_catalog::topic::TopicStage;
 use tidebase_catalog::CatalogError;
 
 use crate::session::Session;
@@ -209,6 +210,33 @@ pub fn from_statement(stmt: &Statement) -> Option<Result<CopyCommand, QueryError
     })())
 }
 
+/// Where a COPY FROM STDIN goes: a region table or a topic.
+enum Stage {
+    Table(CopyStage),
+    Topic(TopicStage),
+}
+
+impl Stage {
+    fn rows(&self) -> u64 {
+        match self {
+            Stage::Table(s) => s.rows(),
+            Stage::Topic(s) => s.rows(),
+        }
+    }
+    fn add(&mut self, batch: &RecordBatch) -> datafusion::error::Result<()> {
+        match self {
+            Stage::Table(s) => s.add(batch),
+            Stage::Topic(s) => s.add(batch),
+        }
+    }
+    fn commit(self) -> datafusion::error::Result<u64> {
+        match self {
+            Stage::Table(s) => s.commit(),
+            Stage::Topic(s) => s.commit(),
+        }
+    }
+}
+
 /// A COPY FROM STDIN in progress on one connection.
 pub struct CopyIn {
     table: String,
@@ -216,7 +244,7 @@ pub struct CopyIn {
     /// Table column of each field.
     targets: Vec<usize>,
     format: CopyFormat,
-    stage: CopyStage,
+    stage: Stage,
     /// Bytes of an unfinished line.
     pending: Vec<u8>,
     /// Physical lines seen.
@@ -247,14 +275,20 @@ impl CopyIn {
         columns: &[String],
         format: CopyFormat,
     ) -> Result<(Self, usize), QueryError> {
-        let t = session
-            .catalog
-            .user_schema()
-            .get(table)
-            .ok_or_else(|| CatalogError::TableNotFound(table.to_string()))?;
-        let def = t.def.clone();
+        let (def, stage, own_columns) = match session.catalog.user_schema().get(table) {
+            Some(t) => (t.def.clone(), Stage::Table(t.stage()?), t.def.columns.len()),
+            None => {
+                let t = session
+                    .catalog
+                    .topics()
+                    .get(table)
+                    .filter(|_| !table.starts_with(tidebase_catalog::topic::INTERNAL_PREFIX))
+                    .ok_or_else(|| CatalogError::TableNotFound(table.to_string()))?;
+                (t.copy_def(), Stage::Topic(t.stage()?), t.copy_columns())
+            }
+        };
         let targets = if columns.is_empty() {
-            (0..def.columns.len()).collect()
+            (0..own_columns).collect()
         } else {
             columns
                 .iter()
@@ -264,7 +298,6 @@ impl CopyIn {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let stage = t.stage()?;
         let n = targets.len();
         Ok((
             Self {

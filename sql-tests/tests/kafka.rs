@@ -325,3 +325,45 @@ async fn corrupt_batches_are_refused_and_fetch_long_polls() -> anyhow::Result<()
     assert_eq!(r.responses[0].partitions[0].error_code, 1);
     server.stop().await
 }
+
+#[tokio::test]
+async fn copy_into_a_topic_is_all_or_nothing() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute("CREATE TOPIC c (user_id TEXT, n INT) WITH (PARTITIONS = 4, KEY = user_id)")
+        .await?;
+    let copy = |data: &'static str| {
+        let client = &client;
+        async move {
+            let sink = client
+                .copy_in::<_, Bytes>("COPY c FROM STDIN (FORMAT csv, HEADER)")
+                .await?;
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from_static(data.as_bytes())).await?;
+            sink.finish().await
+        }
+    };
+    assert_eq!(copy("user_id,n\nu1,1\nu2,2\nu1,3\n").await?, 3);
+    // A bad line: 22P02 naming the line, and nothing of this COPY is kept.
+    let err = copy("user_id,n\nu3,4\nu4,four\n").await.unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22P02");
+    assert!(db.message().contains("line 3"), "{}", db.message());
+    let rows = client
+        .query(
+            "SELECT user_id, n, _partition, _offset FROM c ORDER BY n",
+            &[],
+        )
+        .await?;
+    let got: Vec<(String, i32, i32, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // Same key, same partition, offsets in COPY order.
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].2, got[2].2);
+    assert_eq!((got[0].3, got[2].3), (0, 1));
+    server.stop().await
+}

@@ -324,7 +324,10 @@ mod tests {
             String::from_utf8(again.clone()).unwrap(),
             r#"{"c0":true,"c1":-3,"c2":70000,"c3":9007199254740993,"c4":1.5,"c5":"NaN","c6":"hé","c7":"\\x00ff","c8":"2024-02-29","c9":"2024-01-02 03:04:05.123456"}"#
         );
-        assert_eq!(decode_row(&cols, Some(&again)).unwrap()[..9], vals[..9]);
+        let back = decode_row(&cols, Some(&again)).unwrap();
+        // Everything but the NaN (which equals nothing) and the timestamp's format.
+        assert_eq!(back[..5], vals[..5]);
+        assert_eq!(back[6..], vals[6..]);
         assert!(matches!(vals[5], Val::Float(f) if f.is_nan()));
     }
 

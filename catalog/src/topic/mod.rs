@@ -24,7 +24,7 @@ use kafka_protocol::records::{
 use parking_lot::RwLock;
 use tidebase_storage::log::{LogStore, TopicConfig};
 
-pub use provider::TopicTable;
+pub use provider::{TopicStage, TopicTable};
 pub use views::{ConsumerGroupsView, TopicsView};
 
 use crate::table::codec::arrow_type;

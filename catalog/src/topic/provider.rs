@@ -34,6 +34,7 @@ use tidebase_storage::log::Partition;
 use super::json::{self, Val};
 use super::{decode_batches, encode_batch, partition_for_key, Message, TopicDef, Topics};
 use crate::table::codec::{builder, finish};
+use crate::table::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
 use crate::CatalogError;
 
 fn ext(e: impl Into<CatalogError>) -> DataFusionError {
@@ -229,6 +230,76 @@ impl TopicTable {
         Ok(out)
     }
 
+    /// A handle on the same topic, for sinks and COPY.
+    fn detached(&self) -> Arc<TopicTable> {
+        Arc::new(TopicTable {
+            def: self.def.clone(),
+            schema: self.schema.clone(),
+            topics: self.topics.clone(),
+        })
+    }
+
+    /// The topic as a table definition, for COPY: its own columns (or
+    /// `_value`), then the metadata columns.
+    pub fn copy_def(&self) -> TableDef {
+        let mut columns: Vec<ColumnDef> = if self.def.is_raw() {
+            vec![ColumnDef {
+                name: "_value".into(),
+                family: DEFAULT_FAMILY.into(),
+                ty: SqlType::Bytea,
+            }]
+        } else {
+            self.def
+                .columns
+                .iter()
+                .map(|(n, t)| ColumnDef {
+                    name: n.clone(),
+                    family: DEFAULT_FAMILY.into(),
+                    ty: *t,
+                })
+                .collect()
+        };
+        for (n, t) in [
+            ("_partition", SqlType::Int4),
+            ("_offset", SqlType::Int8),
+            ("_timestamp", SqlType::Timestamp),
+            ("_key", SqlType::Bytea),
+        ] {
+            columns.push(ColumnDef {
+                name: n.into(),
+                family: DEFAULT_FAMILY.into(),
+                ty: t,
+            });
+        }
+        TableDef {
+            name: self.def.name.clone(),
+            columns,
+            key: Vec::new(),
+            families: vec![(DEFAULT_FAMILY.into(), Default::default())],
+            split_size: None,
+        }
+    }
+
+    /// Columns a COPY without a column list fills: the topic's own.
+    pub fn copy_columns(&self) -> usize {
+        self.def.columns.len().max(1)
+    }
+
+    /// Starts a staged COPY: messages are encoded into a spill file and
+    /// appended only when the whole input parsed.
+    pub fn stage(&self) -> Result<TopicStage> {
+        let partitions = self.log_topic()?.partition_count();
+        let spill = tempfile::tempfile()
+            .map_err(|e| DataFusionError::Execution(format!("COPY spill file: {e}")))?;
+        Ok(TopicStage {
+            table: self.detached(),
+            spill: std::io::BufWriter::new(spill),
+            rows: 0,
+            now: tidebase_storage::now_ms(),
+            partitions,
+        })
+    }
+
     /// Appends rows (in this table's schema): one record batch per partition.
     pub fn append_rows(&self, batch: &RecordBatch, now_ms: i64, first_row: u64) -> Result<u64> {
         let topic = self.log_topic()?;
@@ -344,13 +415,77 @@ impl TableProvider for TopicTable {
             )));
         }
         let sink = TopicSink {
-            table: Arc::new(TopicTable {
-                def: self.def.clone(),
-                schema: self.schema.clone(),
-                topics: self.topics.clone(),
-            }),
+            table: self.detached(),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// A COPY into a topic in progress: encoded batches wait in a spill file.
+pub struct TopicStage {
+    table: Arc<TopicTable>,
+    spill: std::io::BufWriter<std::fs::File>,
+    rows: u64,
+    now: i64,
+    partitions: u32,
+}
+
+impl TopicStage {
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Encodes a chunk of rows (in the `copy_def` schema).
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        use std::io::Write;
+        let mut per: Vec<Vec<Message>> = vec![Vec::new(); self.partitions as usize];
+        for (p, m) in self
+            .table
+            .messages_for(batch, self.partitions, self.now, self.rows)?
+        {
+            per[p as usize].push(m);
+        }
+        let io = |e: std::io::Error| DataFusionError::Execution(format!("COPY spill file: {e}"));
+        for (p, msgs) in per.iter().enumerate() {
+            if msgs.is_empty() {
+                continue;
+            }
+            let bytes = encode_batch(msgs);
+            self.spill
+                .write_all(&(p as u32).to_le_bytes())
+                .map_err(io)?;
+            self.spill
+                .write_all(&(bytes.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            self.spill.write_all(&bytes).map_err(io)?;
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Appends every staged batch; returns the rows copied.
+    pub fn commit(self) -> Result<u64> {
+        use std::io::{Read, Seek};
+        let io = |e: std::io::Error| DataFusionError::Execution(format!("COPY spill file: {e}"));
+        let mut file = self.spill.into_inner().map_err(|e| io(e.into_error()))?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        let mut r = std::io::BufReader::new(file);
+        let log = self.table.topics()?.log().clone();
+        let mut head = [0u8; 12];
+        loop {
+            match r.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io(e)),
+            }
+            let p = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&head[4..]);
+            let mut bytes = vec![0u8; u64::from_le_bytes(len) as usize];
+            r.read_exact(&mut bytes).map_err(io)?;
+            log.append(&self.table.def.name, p, &bytes).map_err(ext)?;
+        }
+        Ok(self.rows)
     }
 }
 
