@@ -19,9 +19,11 @@ async fn main() -> anyhow::Result<()> {
         data_dir: data_dir.into(),
         ..Default::default()
     };
-    println!("{}", addr.port());
-    println!("{kafka_port}");
-    std::io::stdout().flush()?;
+    // One write, and no failure if the parent stopped reading after the
+    // first line (a closed pipe must not end the server).
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{}\n{kafka_port}\n", addr.port());
+    let _ = out.flush();
     tidebase_server::run_with_kafka(listener, Some(kafka), config, std::future::pending::<()>())
         .await?;
     Ok(())
