@@ -127,7 +127,7 @@ impl TableDef {
             if s.is_empty() {
                 "-".into()
             } else {
-                s.bytes().map(|b| format!("{b:02x}")).collect()
+                super::codec::hex(s.as_bytes())
             }
         };
         let mut s = String::from("tidebase-table 1\n");
@@ -179,11 +179,8 @@ impl TableDef {
             if !s.len().is_multiple_of(2) {
                 return Err(bad("odd hex"));
             }
-            let b: Result<Vec<u8>, _> = (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16))
-                .collect();
-            String::from_utf8(b.map_err(|_| bad("bad hex"))?).map_err(|_| bad("name not UTF-8"))
+            let b = super::codec::unhex(s).ok_or_else(|| bad("bad hex"))?;
+            String::from_utf8(b).map_err(|_| bad("name not UTF-8"))
         };
         let mut lines = text.lines();
         if lines.next() != Some("tidebase-table 1") {

@@ -16,7 +16,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use tidebase_storage::{ReadOptions, ScanOptions};
 
-use super::codec::{arrow_type, builder, decode_key_value, finish, value_text};
+use super::codec::{arrow_type, builder, decode_key_value, finish, hex, value_text};
 use super::def::DEFAULT_FAMILY;
 use super::schema::RegionSchema;
 use crate::CatalogError;
@@ -234,7 +234,6 @@ impl SystemView {
 
     fn batch(&self) -> Result<RecordBatch> {
         let engine = self.tables.engine();
-        let hex = |b: &[u8]| -> String { b.iter().map(|x| format!("{x:02x}")).collect() };
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let schema = self.view_schema();
         let mut rows: Vec<Vec<Result<String, i64>>> = Vec::new();

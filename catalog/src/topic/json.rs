@@ -25,6 +25,7 @@ use datafusion::arrow::datatypes::{
 };
 use serde_json::{Map, Number, Value};
 
+use crate::table::codec::{hex, unhex};
 use crate::table::SqlType;
 
 const EPOCH_DAYS_CE: i32 = 719_163;
@@ -42,18 +43,9 @@ pub enum Val {
     Micros(i64),
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+/// How a bytea value is written in JSON: `\x` and hex, as PostgreSQL prints it.
+pub fn bytea_text(b: &[u8]) -> String {
+    format!("\\x{}", hex(b))
 }
 
 fn float(v: f64) -> Value {
@@ -81,7 +73,7 @@ pub fn to_json(ty: SqlType, array: &ArrayRef, row: usize) -> Value {
         SqlType::Float4 => float(f64::from(array.as_primitive::<Float32Type>().value(row))),
         SqlType::Float8 => float(array.as_primitive::<Float64Type>().value(row)),
         SqlType::Text => Value::String(array.as_string::<i32>().value(row).to_owned()),
-        SqlType::Bytea => Value::String(format!("\\x{}", hex(array.as_binary::<i32>().value(row)))),
+        SqlType::Bytea => Value::String(bytea_text(array.as_binary::<i32>().value(row))),
         SqlType::Date => {
             let days = array.as_primitive::<Date32Type>().value(row);
             match NaiveDate::from_num_days_from_ce_opt(days + EPOCH_DAYS_CE) {

@@ -27,7 +27,7 @@ use tidebase_storage::log::{LogStore, TopicConfig};
 pub use provider::{TopicStage, TopicTable};
 pub use views::{ConsumerGroupsView, TopicsView};
 
-use crate::table::codec::arrow_type;
+use crate::table::codec::{arrow_type, hex, unhex};
 use crate::table::SqlType;
 use crate::CatalogError;
 
@@ -84,11 +84,11 @@ impl TopicDef {
             s.push_str(&format!(
                 "column {} {}\n",
                 t.name().replace(' ', "_"),
-                hex(n)
+                hex_name(n)
             ));
         }
         if let Some(k) = &self.key {
-            s.push_str(&format!("key {}\n", hex(k)));
+            s.push_str(&format!("key {}\n", hex_name(k)));
         }
         s
     }
@@ -104,10 +104,10 @@ impl TopicDef {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
                 ["column", ty, n] => def.columns.push((
-                    unhex(n).ok_or_else(bad)?,
+                    unhex_name(n).ok_or_else(bad)?,
                     SqlType::parse(&ty.replace('_', " ")).ok_or_else(bad)?,
                 )),
-                ["key", k] => def.key = Some(unhex(k).ok_or_else(bad)?),
+                ["key", k] => def.key = Some(unhex_name(k).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
         }
@@ -115,16 +115,12 @@ impl TopicDef {
     }
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|x| format!("{x:02x}")).collect()
+fn hex_name(s: &str) -> String {
+    hex(s.as_bytes())
 }
 
-fn unhex(s: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+fn unhex_name(s: &str) -> Option<String> {
+    String::from_utf8(unhex(s)?).ok()
 }
 
 /// Kafka's murmur2 hash (the Java client's `Utils.murmur2`).
@@ -391,10 +387,7 @@ impl Topics {
     ) -> Result<(), CatalogError> {
         let hexed = |b: Option<&[u8]>| {
             b.map_or(serde_json::Value::Null, |b| {
-                serde_json::Value::String(format!(
-                    "\\x{}",
-                    b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-                ))
+                serde_json::Value::String(json::bytea_text(b))
             })
         };
         let v = serde_json::json!({
