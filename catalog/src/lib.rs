@@ -30,6 +30,7 @@ mod pg_overlay;
 mod settings;
 pub mod table;
 pub mod topic;
+mod view;
 
 use std::sync::Arc;
 
@@ -123,19 +124,19 @@ impl Catalog {
         ] {
             system.register_table(
                 name.to_string(),
-                Arc::new(table::system::SystemView {
+                Arc::new(view::View(table::system::SystemView {
                     kind,
                     tables: user_schema.clone(),
-                }),
+                })),
             )?;
         }
         system.register_table(
             "topics".to_string(),
-            Arc::new(topic::TopicsView(topics.clone())),
+            Arc::new(view::View(topic::TopicsView(topics.clone()))),
         )?;
         system.register_table(
             "consumer_groups".to_string(),
-            Arc::new(topic::ConsumerGroupsView(topics.clone())),
+            Arc::new(view::View(topic::ConsumerGroupsView(topics.clone()))),
         )?;
         if let Some(rejects) = topics.get(topic::REJECTS_TOPIC) {
             system.register_table("rejects".to_string(), rejects)?;

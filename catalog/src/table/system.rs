@@ -3,22 +3,21 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{MemTable, Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::catalog::{MemTable, TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use tidebase_storage::{ReadOptions, ScanOptions};
 
 use super::codec::{arrow_type, builder, decode_key_value, finish, hex, value_text};
 use super::def::DEFAULT_FAMILY;
 use super::schema::RegionSchema;
+use crate::view::BatchView;
 use crate::CatalogError;
 
 fn ext(e: impl Into<CatalogError>) -> DataFusionError {
@@ -204,7 +203,7 @@ pub struct SystemView {
     pub tables: Arc<RegionSchema>,
 }
 
-impl SystemView {
+impl BatchView for SystemView {
     fn view_schema(&self) -> SchemaRef {
         let s = |n: &str| Field::new(n, DataType::Utf8, false);
         let u = |n: &str| Field::new(n, DataType::Int64, false);
@@ -293,29 +292,5 @@ impl SystemView {
             })
             .collect();
         Ok(RecordBatch::try_new(schema, columns)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for SystemView {
-    fn schema(&self) -> SchemaRef {
-        self.view_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.batch()?;
-        MemTable::try_new(self.view_schema(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
     }
 }

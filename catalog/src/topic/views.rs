@@ -2,16 +2,12 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{MemTable, Session};
-use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
 use super::Topics;
+use crate::view::BatchView;
 
 fn schema_of(cols: &[(&str, DataType)]) -> SchemaRef {
     Arc::new(Schema::new(
@@ -21,25 +17,12 @@ fn schema_of(cols: &[(&str, DataType)]) -> SchemaRef {
     ))
 }
 
-async fn scan_batch(
-    schema: SchemaRef,
-    batch: RecordBatch,
-    state: &dyn Session,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
-) -> Result<Arc<dyn ExecutionPlan>> {
-    MemTable::try_new(schema, vec![vec![batch]])?
-        .scan(state, projection, filters, limit)
-        .await
-}
-
 /// `tidebase.topics`: one row per user topic.
 #[derive(Debug)]
 pub struct TopicsView(pub Arc<Topics>);
 
-impl TopicsView {
-    fn view_schema() -> SchemaRef {
+impl BatchView for TopicsView {
+    fn view_schema(&self) -> SchemaRef {
         schema_of(&[
             ("topic", DataType::Utf8),
             ("partitions", DataType::Int32),
@@ -102,34 +85,7 @@ impl TopicsView {
             Arc::new(Int64Array::from(size)),
             Arc::new(Int64Array::from(rejected)),
         ];
-        Ok(RecordBatch::try_new(Self::view_schema(), columns)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for TopicsView {
-    fn schema(&self) -> SchemaRef {
-        Self::view_schema()
-    }
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        scan_batch(
-            self.schema(),
-            self.batch()?,
-            state,
-            projection,
-            filters,
-            limit,
-        )
-        .await
+        Ok(RecordBatch::try_new(self.view_schema(), columns)?)
     }
 }
 
@@ -138,8 +94,8 @@ impl TableProvider for TopicsView {
 #[derive(Debug)]
 pub struct ConsumerGroupsView(pub Arc<Topics>);
 
-impl ConsumerGroupsView {
-    fn view_schema() -> SchemaRef {
+impl BatchView for ConsumerGroupsView {
+    fn view_schema(&self) -> SchemaRef {
         schema_of(&[
             ("group_id", DataType::Utf8),
             ("topic", DataType::Utf8),
@@ -179,33 +135,6 @@ impl ConsumerGroupsView {
             Arc::new(Int64Array::from(l)),
             Arc::new(Int64Array::from(lag)),
         ];
-        Ok(RecordBatch::try_new(Self::view_schema(), columns)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for ConsumerGroupsView {
-    fn schema(&self) -> SchemaRef {
-        Self::view_schema()
-    }
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        scan_batch(
-            self.schema(),
-            self.batch()?,
-            state,
-            projection,
-            filters,
-            limit,
-        )
-        .await
+        Ok(RecordBatch::try_new(self.view_schema(), columns)?)
     }
 }
