@@ -476,15 +476,9 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
             config,
             if_not_exists,
         } => {
-            if schema.get(&def.name).is_some() {
-                if if_not_exists {
-                    return Ok(Tag::new("CREATE TOPIC"));
-                }
-                return Err(CatalogError::TableExists(def.name).into());
-            }
-            let topics = catalog.topics().clone();
+            let s = schema.clone();
             blocking(Box::new(move || {
-                topics.create(def, config, if_not_exists).map(|_| ())
+                s.create_topic(def, config, if_not_exists).map(|_| ())
             }))
             .await?;
             Ok(Tag::new("CREATE TOPIC"))

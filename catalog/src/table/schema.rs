@@ -13,8 +13,9 @@ use tidebase_storage::Engine;
 
 use super::def::TableDef;
 use super::provider::{Clock, RegionTable};
-use crate::topic::Topics;
+use crate::topic::{TopicDef, Topics};
 use crate::CatalogError;
+use tidebase_storage::log::TopicConfig;
 
 /// User tables, each a [`RegionTable`].
 pub struct RegionSchema {
@@ -80,6 +81,26 @@ impl RegionSchema {
             .create_table_with_schema(&def.name, def.families.clone(), def.encode())?;
         install(&self.engine, &self.clock, &mut tables, def)?;
         Ok(true)
+    }
+
+    /// Creates a topic. Tables and topics share one name space, so the
+    /// table names stay locked while it is made. `Ok(false)` when the name
+    /// is taken and `if_not_exists`.
+    pub fn create_topic(
+        &self,
+        def: TopicDef,
+        config: TopicConfig,
+        if_not_exists: bool,
+    ) -> Result<bool, CatalogError> {
+        let tables = self.tables.read();
+        if tables.contains_key(&def.name) {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::TableExists(def.name))
+            };
+        }
+        self.topics.create(def, config, if_not_exists)
     }
 
     /// Replaces a table's definition (columns or options added; the

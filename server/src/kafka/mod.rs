@@ -22,6 +22,7 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -342,7 +343,7 @@ impl Kafka {
                         .coordinator_keys
                         .iter()
                         .map(|k| {
-                            let mut c = Coordinator_::default();
+                            let mut c = CoordinatorEntry::default();
                             c.key = k.clone();
                             c.node_id = BrokerId(0);
                             c.host = host.clone();
@@ -598,10 +599,12 @@ impl Kafka {
         }
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            let checked = tidebase_catalog::storage::log::batch::check_batches(&data)
-                .map_err(|_| CORRUPT_MESSAGE)?;
+            // The log checks every batch it appends; a topic with columns
+            // checks first, before it decodes the records.
             let mut payload = data.to_vec();
             if !table.def.is_raw() {
+                tidebase_catalog::storage::log::batch::check_batches(&data)
+                    .map_err(|_| CORRUPT_MESSAGE)?;
                 let records = topic::decode_batches(&data).map_err(|_| CORRUPT_MESSAGE)?;
                 let mut bad = Vec::new();
                 for rec in &records {
@@ -643,7 +646,6 @@ impl Kafka {
                     payload = buf.to_vec();
                 }
             }
-            let _ = checked;
             let appended = topics
                 .log()
                 .append(&topic, partition as u32, &payload)
@@ -669,10 +671,7 @@ impl Kafka {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (resp, bytes) = self.fetch_once(&req, v, max_bytes).await;
-            if bytes >= min_bytes.max(1)
-                || tokio::time::Instant::now() >= deadline
-                || bytes > 0 && min_bytes <= 1
-            {
+            if bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline {
                 return resp;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -811,17 +810,20 @@ impl Kafka {
                 partitions,
                 ..Default::default()
             };
-            let code = if self.catalog.user_schema().get(&def.name).is_some()
-                || self.topics().get(&def.name).is_some()
-            {
-                TOPIC_ALREADY_EXISTS
-            } else if partitions > topic::ddl::MAX_PARTITIONS {
+            let code = if partitions > topic::ddl::MAX_PARTITIONS {
                 INVALID_PARTITIONS
             } else if req.validate_only {
-                0
+                use datafusion::catalog::SchemaProvider;
+                if self.catalog.user_schema().table_exist(&def.name) {
+                    TOPIC_ALREADY_EXISTS
+                } else {
+                    0
+                }
             } else {
-                let topics = self.topics().clone();
-                match tokio::task::spawn_blocking(move || topics.create(def, config, false)).await {
+                let schema = self.catalog.user_schema().clone();
+                match tokio::task::spawn_blocking(move || schema.create_topic(def, config, false))
+                    .await
+                {
                     Ok(Ok(_)) => 0,
                     Ok(Err(CatalogError::Storage(StorageError::InvalidTopic(_))))
                     | Ok(Err(CatalogError::BadOptionValue { .. })) => INVALID_TOPIC_EXCEPTION,
@@ -965,8 +967,6 @@ impl Kafka {
         r
     }
 }
-
-type Coordinator_ = kafka_protocol::messages::find_coordinator_response::Coordinator;
 
 /// The first offset whose record timestamp is at least `ts`, with that timestamp.
 fn offset_for_time(p: &tidebase_catalog::storage::log::Partition, ts: i64) -> Option<(i64, i64)> {
