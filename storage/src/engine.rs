@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arrow::array::{BinaryBuilder, Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -18,7 +20,8 @@ use crate::metrics::{EngineMetrics, Metrics};
 use crate::options::{EngineOptions, FamilyOptions, SyncPolicy};
 use crate::read::{merge, resolve, ReadOptions};
 use crate::region::{file_path, write_file, Region, Store};
-use crate::store_file::StoreFile;
+use crate::scan::StoreScan;
+use crate::store_file::{self, StoreFile};
 use crate::wal::Wal;
 
 struct Table {
@@ -445,38 +448,59 @@ impl Engine {
         self.scan_region_inner(&table, &r, &scan)
     }
 
+    /// Streaming scans of the regions that overlap `[start, end)`, in key
+    /// order: for each region, one [`StoreScan`] per selected family (in
+    /// family name order), all at one snapshot. Regions can be read on
+    /// different threads.
+    pub fn scan_stores(&self, table: &str, scan: &ScanOptions) -> Result<Vec<Vec<StoreScan>>> {
+        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
+        let table = self.table(table)?;
+        let regions: Vec<Arc<Region>> = table
+            .regions
+            .read()
+            .iter()
+            .filter(|r| {
+                (end.is_empty() || r.start.as_slice() < end)
+                    && (r.end.is_empty() || r.end.as_slice() > start)
+            })
+            .cloned()
+            .collect();
+        let scan = ScanOptions {
+            read: self.inner.with_snapshot(&scan.read),
+            ..scan.clone()
+        };
+        regions
+            .iter()
+            .map(|r| region_stores(&table, r, &scan))
+            .collect()
+    }
+
     fn scan_region_inner(
         &self,
         table: &Table,
         region: &Region,
         scan: &ScanOptions,
     ) -> Result<Vec<RecordBatch>> {
-        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
-        let families: Vec<&str> = scan.families.iter().map(String::as_str).collect();
-        let (read, batch_size) = (&scan.read, scan.batch_size);
-        region.reads.fetch_add(1, Ordering::Relaxed);
-        let lo = if start > region.start.as_slice() {
-            start.to_vec()
-        } else {
-            region.start.clone()
-        };
-        let hi = match (end.is_empty(), region.end.is_empty()) {
-            (true, _) => region.end.clone(),
-            (false, true) => end.to_vec(),
-            (false, false) => end.min(region.end.as_slice()).to_vec(),
-        };
-        let stores = selected(region, table, &families)?;
-        if let [(_, store)] = stores.as_slice() {
-            if let Some(batches) = store.scan_batches(&lo, &hi, read, batch_size)? {
-                return Ok(batches);
-            }
+        let mut scans = region_stores(table, region, scan)?;
+        if scans.len() == 1 {
+            let family = scans[0].family().to_string();
+            return scans
+                .pop()
+                .into_iter()
+                .flatten()
+                .map(|b| cell_batch(&b?, &family))
+                .collect();
         }
         let mut per_family = Vec::new();
-        for (_, store) in stores {
-            per_family.push(store.read(&lo, &hi, false, read)?);
+        for s in scans {
+            let family = s.family().to_string();
+            let mut cells = Vec::new();
+            for b in s {
+                cells.extend(store_file::cells_of(&b?, &family));
+            }
+            per_family.push(cells);
         }
-        let cells = merge(per_family);
-        to_batches(&cells, batch_size.max(1))
+        to_batches(&merge(per_family), scan.batch_size.max(1))
     }
 
     /// Flushes every memstore of the table now.
@@ -616,6 +640,42 @@ fn selected<'a>(
                 })
         })
         .collect()
+}
+
+/// Streaming scans of one region's selected stores over the scan's range
+/// clamped to the region.
+fn region_stores(table: &Table, region: &Region, scan: &ScanOptions) -> Result<Vec<StoreScan>> {
+    let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
+    let families: Vec<&str> = scan.families.iter().map(String::as_str).collect();
+    region.reads.fetch_add(1, Ordering::Relaxed);
+    let lo = start.max(region.start.as_slice());
+    let hi = match (end.is_empty(), region.end.is_empty()) {
+        (true, _) => region.end.as_slice(),
+        (false, true) => end,
+        (false, false) => end.min(region.end.as_slice()),
+    };
+    selected(region, table, &families)?
+        .into_iter()
+        .map(|(_, store)| store.scan(lo, hi, &scan.read, scan.batch_size))
+        .collect()
+}
+
+/// A store-file-schema batch of one family in the cell schema.
+fn cell_batch(batch: &RecordBatch, family: &str) -> Result<RecordBatch> {
+    let family: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+        family,
+        batch.num_rows(),
+    )));
+    Ok(RecordBatch::try_new(
+        cell_schema(),
+        vec![
+            batch.column(0).clone(),
+            family,
+            batch.column(1).clone(),
+            batch.column(2).clone(),
+            batch.column(5).clone(),
+        ],
+    )?)
 }
 
 fn to_batches(cells: &[Cell], batch_size: usize) -> Result<Vec<RecordBatch>> {

@@ -31,6 +31,7 @@ mod metrics;
 mod options;
 mod read;
 mod region;
+mod scan;
 mod store_file;
 mod wal;
 
@@ -40,4 +41,5 @@ pub use error::{Result, StorageError};
 pub use metrics::EngineMetrics;
 pub use options::{BloomKind, Compression, EngineOptions, FamilyOptions, SyncPolicy};
 pub use read::{now_ms, ReadOptions};
+pub use scan::StoreScan;
 pub use wal::WalRecord;

@@ -3,7 +3,11 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
+};
 use parking_lot::RwLock;
 
 use crate::cell::{Cell, CellKey, CellKind};
@@ -54,15 +58,6 @@ impl MemStore {
         self.cells.read().is_empty()
     }
 
-    /// Whether any cell's row is in `[start, end)` (`end` empty = no end).
-    pub fn has_range(&self, start: &[u8], end: &[u8]) -> bool {
-        let cells = self.cells.read();
-        cells
-            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
-            .next()
-            .is_some_and(|(k, _)| end.is_empty() || k.row.as_slice() < end)
-    }
-
     /// Copies the cells whose row is in `[start, end)` (`end` empty = no end).
     pub fn range(&self, start: &[u8], end: &[u8]) -> Vec<Cell> {
         let cells = self.cells.read();
@@ -74,6 +69,49 @@ impl MemStore {
                 value: v.clone(),
             })
             .collect()
+    }
+
+    /// The cells whose row is in `[start, end)` as one batch in the
+    /// store-file schema, or `None` when there are none.
+    pub fn range_batch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> crate::error::Result<Option<RecordBatch>> {
+        let cells = self.cells.read();
+        let mut row = BinaryBuilder::new();
+        let mut qualifier = BinaryBuilder::new();
+        let mut ts = Int64Builder::new();
+        let mut seq = UInt64Builder::new();
+        let mut kind = UInt8Builder::new();
+        let mut value = BinaryBuilder::new();
+        for (k, v) in cells
+            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
+            .take_while(|(k, _)| end.is_empty() || k.row.as_slice() < end)
+        {
+            row.append_value(&k.row);
+            qualifier.append_value(&k.qualifier);
+            ts.append_value(k.ts);
+            seq.append_value(k.seq);
+            kind.append_value(k.kind as u8);
+            value.append_value(v);
+        }
+        drop(cells);
+        if row.is_empty() {
+            return Ok(None);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(row.finish()),
+            Arc::new(qualifier.finish()),
+            Arc::new(ts.finish()),
+            Arc::new(seq.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(value.finish()),
+        ];
+        Ok(Some(RecordBatch::try_new(
+            crate::store_file::schema(),
+            columns,
+        )?))
     }
 
     /// All cells in order.

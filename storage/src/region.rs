@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringArray,
-};
 use parking_lot::{Mutex, RwLock};
 
 use crate::cell::Cell;
@@ -17,6 +14,7 @@ use crate::memstore::MemStore;
 use crate::metrics::Metrics;
 use crate::options::FamilyOptions;
 use crate::read::{merge, resolve, ReadOptions};
+use crate::scan::{Merge, Source, StoreScan, Visible};
 use crate::store_file::{self, StoreFile};
 
 /// What a store holds at one moment.
@@ -95,74 +93,42 @@ impl Store {
         ))
     }
 
-    /// A scan straight from Arrow batches, without building cells, when the
-    /// range's only source is one store file without delete markers and no
-    /// TTL, time range or snapshot older than the file can hide a version.
-    /// `None` means the general path must run.
-    pub fn scan_batches(
+    /// A streaming scan of `[start, end)`: memstores are copied into Arrow
+    /// batches under the state lock; store files are read batch by batch
+    /// as the scan proceeds (skipped when their range misses).
+    pub fn scan(
         &self,
         start: &[u8],
         end: &[u8],
         read: &ReadOptions,
         batch_size: usize,
-    ) -> Result<Option<Vec<RecordBatch>>> {
-        let state = self.state.read().clone();
-        let in_memory = std::iter::once(&state.active)
-            .chain(state.frozen.iter().map(|(m, _)| m))
-            .any(|m| m.has_range(start, end));
-        if in_memory || self.options.ttl_ms.is_some() || read.time_range.is_some() {
-            return Ok(None);
-        }
-        let mut files = state.files.iter().filter(|f| f.overlaps(start, end));
-        let (Some(file), None) = (files.next(), files.next()) else {
-            return Ok(if state.files.iter().any(|f| f.overlaps(start, end)) {
-                None
-            } else {
-                Some(Vec::new())
-            });
+    ) -> Result<StoreScan> {
+        let (memory, files) = {
+            let state = self.state.read();
+            let mut memory = Vec::new();
+            for m in std::iter::once(&state.active).chain(state.frozen.iter().map(|(m, _)| m)) {
+                memory.extend(m.range_batch(start, end)?);
+            }
+            let files: Vec<Arc<StoreFile>> = state
+                .files
+                .iter()
+                .filter(|f| f.overlaps(start, end))
+                .cloned()
+                .collect();
+            (memory, files)
         };
-        if file.deletes != Some(0) || read.snapshot < file.max_seq {
-            return Ok(None);
+        let mut sources: Vec<Source> = Vec::new();
+        for b in memory {
+            sources.push(Box::new(std::iter::once(Ok(b))));
         }
-        let max_versions = read.max_versions.min(self.options.max_versions).max(1);
-        let mut out = Vec::new();
-        // The column of the previous row and how many versions it has shown.
-        let mut prev: Option<(Vec<u8>, Vec<u8>)> = None;
-        let mut shown = 0u32;
-        for batch in file.batches(start, end, batch_size)? {
-            let batch = batch?;
-            let row = batch.column(0).as_binary::<i32>();
-            let qualifier = batch.column(1).as_binary::<i32>();
-            let mut keep = BooleanBufferBuilder::new(batch.num_rows());
-            let mut last = 0;
-            for i in 0..batch.num_rows() {
-                let (r, q) = (row.value(i), qualifier.value(i));
-                let in_range = r >= start && (end.is_empty() || r < end);
-                let same = i > 0 && row.value(i - 1) == r && qualifier.value(i - 1) == q
-                    || i == 0 && prev.as_ref().is_some_and(|(pr, pq)| pr == r && pq == q);
-                shown = if same { shown + 1 } else { 1 };
-                keep.append(in_range && shown <= max_versions);
-                last = i;
-            }
-            if batch.num_rows() > 0 {
-                prev = Some((row.value(last).to_vec(), qualifier.value(last).to_vec()));
-            }
-            let mask = BooleanArray::new(keep.finish(), None);
-            let n = mask.true_count();
-            if n == 0 {
-                continue;
-            }
-            let pick = |c: usize| arrow::compute::filter(batch.column(c), &mask);
-            let family: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                self.family.as_str(),
-                n,
-            )));
-            out.push(RecordBatch::try_new(
-                crate::engine::cell_schema(),
-                vec![pick(0)?, family, pick(1)?, pick(2)?, pick(5)?],
-            )?);
+        for f in files {
+            sources.push(Box::new(f.batches(start, end, batch_size)?));
         }
-        Ok(Some(out))
+        Ok(StoreScan::new(
+            &self.family,
+            Merge::new(sources, batch_size),
+            Visible::new(start, end, &self.options, read),
+        ))
     }
 
     pub fn memstore_bytes(&self) -> usize {

@@ -32,7 +32,7 @@ use crate::error::{io, Result, StorageError};
 use crate::metrics::Metrics;
 use crate::options::{BloomKind, Compression, FamilyOptions};
 
-fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("row", DataType::Binary, false),
         Field::new("qualifier", DataType::Binary, false),
@@ -53,9 +53,6 @@ pub struct StoreFile {
     pub mid_row: Vec<u8>,
     pub max_seq: u64,
     pub cells: u64,
-    /// Delete markers in the file; `None` for files written before the
-    /// count was recorded.
-    pub deletes: Option<u64>,
     pub size: u64,
     bloom: Option<Bloom>,
     bloom_kind: BloomKind,
@@ -340,10 +337,6 @@ impl StoreFile {
             cells: get("tidebase.cells")?
                 .parse()
                 .map_err(|_| corrupted("bad cell count"))?,
-            deletes: match kv.get("tidebase.deletes") {
-                Some(d) => Some(d.parse().map_err(|_| corrupted("bad delete count"))?),
-                None => None,
-            },
             size,
             bloom,
             bloom_kind,
@@ -435,40 +428,46 @@ impl StoreFile {
         for batch in self.batches(start, end, 8192)? {
             let batch = batch?;
             let row = batch.column(0).as_binary::<i32>();
-            let qualifier = batch.column(1).as_binary::<i32>();
-            let ts = batch.column(2).as_primitive::<Int64Type>();
-            let seq = batch.column(3).as_primitive::<UInt64Type>();
-            let kind = batch.column(4).as_primitive::<UInt8Type>();
-            let value = batch.column(5).as_binary::<i32>();
-            for i in 0..batch.num_rows() {
-                let r = row.value(i);
-                if r < start {
-                    continue;
-                }
-                if !end.is_empty() && r >= end {
+            let from = (0..batch.num_rows()).find(|&i| row.value(i) >= start);
+            let to = (0..batch.num_rows())
+                .find(|&i| !end.is_empty() && row.value(i) >= end)
+                .unwrap_or(batch.num_rows());
+            let Some(from) = from.filter(|&f| f < to) else {
+                if to < batch.num_rows() {
                     break;
                 }
-                let k =
-                    CellKind::from_u8(kind.value(i)).ok_or_else(|| StorageError::Corrupted {
-                        file: self.path.clone(),
-                        offset: 0,
-                        reason: format!("unknown cell kind {}", kind.value(i)),
-                    })?;
-                out.push(Cell {
-                    key: CellKey {
-                        row: r.to_vec(),
-                        family: self.family.clone(),
-                        qualifier: qualifier.value(i).to_vec(),
-                        ts: ts.value(i),
-                        seq: seq.value(i),
-                        kind: k,
-                    },
-                    value: value.value(i).to_vec(),
-                });
+                continue;
+            };
+            out.extend(cells_of(&batch.slice(from, to - from), &self.family));
+            if to < batch.num_rows() {
+                break;
             }
         }
         Ok(out)
     }
+}
+
+/// The cells of a batch in the store-file schema whose kinds were checked.
+pub(crate) fn cells_of(batch: &RecordBatch, family: &str) -> Vec<Cell> {
+    let row = batch.column(0).as_binary::<i32>();
+    let qualifier = batch.column(1).as_binary::<i32>();
+    let ts = batch.column(2).as_primitive::<Int64Type>();
+    let seq = batch.column(3).as_primitive::<UInt64Type>();
+    let kind = batch.column(4).as_primitive::<UInt8Type>();
+    let value = batch.column(5).as_binary::<i32>();
+    (0..batch.num_rows())
+        .map(|i| Cell {
+            key: CellKey {
+                row: row.value(i).to_vec(),
+                family: family.to_string(),
+                qualifier: qualifier.value(i).to_vec(),
+                ts: ts.value(i),
+                seq: seq.value(i),
+                kind: CellKind::from_u8(kind.value(i)).unwrap_or(CellKind::Put),
+            },
+            value: value.value(i).to_vec(),
+        })
+        .collect()
 }
 
 /// Runs Parquet decoding, turning a panic inside the decoder (it asserts on
@@ -481,6 +480,23 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
             reason: "the Parquet decoder rejected the file".into(),
         })
     })
+}
+
+/// Refuses a batch whose `kind` column holds an unknown cell kind.
+fn check_kinds(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let kinds = batch.column(4).as_primitive::<UInt8Type>();
+    match kinds
+        .values()
+        .iter()
+        .find(|&&k| CellKind::from_u8(k).is_none())
+    {
+        None => Ok(()),
+        Some(k) => Err(StorageError::Corrupted {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason: format!("unknown cell kind {k}"),
+        }),
+    }
 }
 
 /// Record batches of one store file; stops after the first error.
@@ -496,13 +512,17 @@ impl Iterator for Batches {
         let reader = self.reader.as_mut()?;
         let path = &self.path;
         let next = guarded(path, || {
-            reader
+            let batch = reader
                 .next()
                 .transpose()
                 .map_err(|e| StorageError::Parquet {
                     file: path.clone(),
                     source: e.into(),
-                })
+                })?;
+            if let Some(b) = &batch {
+                check_kinds(path, b)?;
+            }
+            Ok(batch)
         })
         .transpose();
         if !matches!(next, Some(Ok(_))) {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, RecordBatch, RecordBatchOptions,
-    UInt64Array,
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryArray, BinaryBuilder, RecordBatch,
+    RecordBatchOptions, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
@@ -31,7 +31,7 @@ use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions};
+use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
 
 use super::codec::{self, builder, decode_key_value, decode_value, encode_key_value, encode_value};
 use super::def::{TableDef, DEFAULT_FAMILY};
@@ -929,19 +929,24 @@ impl ExecutionPlan for RegionScanExec {
             schema: self.schema.clone(),
             batch_size: context.session_config().batch_size(),
         };
-        let schema = self.schema.clone();
-        let work = async move {
-            tokio::task::spawn_blocking(move || reader.read(&scans))
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-        };
-        let stream = futures::stream::once(work).flat_map(|r: Result<Vec<RecordBatch>>| {
-            futures::stream::iter(match r {
-                Ok(b) => b.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e)],
-            })
+        // The region is read on a blocking thread and its batches handed
+        // over as they fill, two at most in flight: memory stays bounded
+        // and the plan above works while the scan goes on. A consumer that
+        // stops early (LIMIT, cancel) drops the receiver, which stops it.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+        tokio::task::spawn_blocking(move || {
+            let mut emit = |b: RecordBatch| tx.blocking_send(Ok(b)).is_ok();
+            if let Err(e) = reader.read(&scans, &mut emit) {
+                let _ = tx.blocking_send(Err(e));
+            }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
     }
 }
 
@@ -955,22 +960,30 @@ struct PartitionReader {
     batch_size: usize,
 }
 
+/// Receives finished batches; returns false when it wants no more.
+type Emit<'a> = dyn FnMut(RecordBatch) -> bool + 'a;
+
 impl PartitionReader {
-    fn read(&self, scans: &[KeyScan]) -> Result<Vec<RecordBatch>> {
+    fn read(&self, scans: &[KeyScan], emit: &mut Emit<'_>) -> Result<()> {
         let engine = &self.table.engine;
         let name = &self.table.def.name;
         let read = self.table.read_options();
         let mut rows = RowAssembler::new(self);
         let families: Vec<&str> = self.families.iter().map(String::as_str).collect();
+        let mut key = Vec::new();
         for s in scans {
-            if rows.full() {
+            if rows.done() {
                 break;
             }
             match s {
                 KeyScan::Point(k) => {
+                    key.clear();
+                    key.extend_from_slice(k);
                     for c in engine.get(name, k, &families, &read).map_err(storage)? {
-                        rows.push(&c.key.row, &c.key.family, &c.key.qualifier, &c.value)?;
+                        let (cols, is_default) = rows.columns_of(&c.key.family);
+                        rows.set(&cols, is_default, &c.key.qualifier, &c.value);
                     }
+                    rows.end_row(&key, emit)?;
                 }
                 KeyScan::Range(a, b) => {
                     let opts = ScanOptions {
@@ -980,58 +993,76 @@ impl PartitionReader {
                         read: read.clone(),
                         batch_size: self.batch_size,
                     };
-                    for batch in engine.scan(name, &opts).map_err(storage)? {
-                        let row = batch.column(0).as_binary::<i32>();
-                        let fam = batch.column(1).as_string::<i32>();
-                        let q = batch.column(2).as_binary::<i32>();
-                        let v = batch.column(4).as_binary::<i32>();
-                        for i in 0..batch.num_rows() {
-                            rows.push(row.value(i), fam.value(i), q.value(i), v.value(i))?;
-                        }
-                        if rows.full() {
+                    for region in engine.scan_stores(name, &opts).map_err(storage)? {
+                        rows.region(region, &mut key, emit)?;
+                        if rows.done() {
                             break;
                         }
                     }
                 }
             }
-            rows.end_row()?;
         }
-        rows.finish()
+        rows.flush_batch(emit)
+    }
+}
+
+/// One family's visible cells of a region, batch by batch.
+struct FamilyCursor {
+    scan: StoreScan,
+    row: BinaryArray,
+    qualifier: BinaryArray,
+    value: BinaryArray,
+    pos: usize,
+    /// Projected position of each of the family's columns, by qualifier.
+    columns: Vec<(Vec<u8>, usize)>,
+    is_default: bool,
+}
+
+impl FamilyCursor {
+    /// The current cell's row, loading the next batch when one is used up.
+    fn row(&mut self) -> Result<Option<&[u8]>> {
+        while self.pos >= self.row.len() {
+            match self.scan.next() {
+                None => return Ok(None),
+                Some(batch) => {
+                    let batch = batch.map_err(storage)?;
+                    self.row = batch.column(0).as_binary::<i32>().clone();
+                    self.qualifier = batch.column(1).as_binary::<i32>().clone();
+                    self.value = batch.column(5).as_binary::<i32>().clone();
+                    self.pos = 0;
+                }
+            }
+        }
+        Ok(Some(self.row.value(self.pos)))
     }
 }
 
 /// Folds cells (in key order) into rows of the projected columns.
 struct RowAssembler<'a> {
     reader: &'a PartitionReader,
-    /// Projected column position of each non-key column name, with its family.
-    by_name: Vec<(&'a str, &'a [u8], usize)>,
     /// For each key column, its projected position.
     key_targets: Vec<Option<usize>>,
     /// Where key columns that are not projected are decoded (and dropped).
     scratch: Vec<Box<dyn ArrayBuilder>>,
-    current: Option<Vec<u8>>,
+    /// The current row's marker cell was seen (the row exists).
     exists: bool,
-    values: Vec<Option<Vec<u8>>>,
+    /// The current row's value of each projected column, if seen.
+    values: Vec<Vec<u8>>,
+    present: Vec<bool>,
     builders: Vec<Box<dyn ArrayBuilder>>,
     row_keys: BinaryBuilder,
     rows_in_batch: usize,
     rows_total: usize,
-    out: Vec<RecordBatch>,
+    /// The consumer wants no more batches.
+    stopped: bool,
 }
 
 impl<'a> RowAssembler<'a> {
     fn new(reader: &'a PartitionReader) -> Self {
         let def = &reader.table.def;
-        let mut by_name = Vec::new();
-        for (pos, &c) in reader.projection.iter().enumerate() {
-            let col = &def.columns[c];
-            if !def.key.contains(&c) {
-                by_name.push((col.family.as_str(), col.name.as_bytes(), pos));
-            }
-        }
+        let n = reader.projection.len();
         Self {
             reader,
-            by_name,
             key_targets: def
                 .key
                 .iter()
@@ -1042,9 +1073,9 @@ impl<'a> RowAssembler<'a> {
                 .iter()
                 .map(|&k| builder(def.columns[k].ty, 0))
                 .collect(),
-            current: None,
             exists: false,
-            values: vec![None; reader.projection.len()],
+            values: vec![Vec::new(); n],
+            present: vec![false; n],
             builders: reader
                 .projection
                 .iter()
@@ -1053,42 +1084,98 @@ impl<'a> RowAssembler<'a> {
             row_keys: BinaryBuilder::new(),
             rows_in_batch: 0,
             rows_total: 0,
-            out: Vec::new(),
+            stopped: false,
         }
     }
 
-    fn full(&self) -> bool {
-        self.reader.limit.is_some_and(|l| self.rows_total >= l)
+    fn done(&self) -> bool {
+        self.stopped || self.reader.limit.is_some_and(|l| self.rows_total >= l)
     }
 
-    fn push(&mut self, row: &[u8], family: &str, qualifier: &[u8], value: &[u8]) -> Result<()> {
-        if self.current.as_deref() != Some(row) {
-            self.end_row()?;
-            if self.full() {
-                return Ok(());
-            }
-            self.current = Some(row.to_vec());
-        }
-        if family == DEFAULT_FAMILY && qualifier.is_empty() {
-            self.exists = true;
-        } else if let Some(&(_, _, pos)) = self
-            .by_name
+    /// The projected non-key columns of `family` (qualifier, position), and
+    /// whether it is the default family (which holds the row markers).
+    fn columns_of(&self, family: &str) -> (Vec<(Vec<u8>, usize)>, bool) {
+        let def = &self.reader.table.def;
+        let columns = self
+            .reader
+            .projection
             .iter()
-            .find(|(f, q, _)| *q == qualifier && *f == family)
-        {
-            self.values[pos] = Some(value.to_vec());
+            .enumerate()
+            .filter(|&(_, &c)| !def.key.contains(&c) && def.columns[c].family == family)
+            .map(|(pos, &c)| (def.columns[c].name.as_bytes().to_vec(), pos))
+            .collect();
+        (columns, family == DEFAULT_FAMILY)
+    }
+
+    /// Records one visible cell of the current row.
+    fn set(
+        &mut self,
+        columns: &[(Vec<u8>, usize)],
+        is_default: bool,
+        qualifier: &[u8],
+        value: &[u8],
+    ) {
+        if is_default && qualifier.is_empty() {
+            self.exists = true;
+        } else if let Some((_, pos)) = columns.iter().find(|(q, _)| q.as_slice() == qualifier) {
+            self.values[*pos].clear();
+            self.values[*pos].extend_from_slice(value);
+            self.present[*pos] = true;
+        }
+    }
+
+    /// Folds one region's family scans, merged by row.
+    fn region(
+        &mut self,
+        scans: Vec<StoreScan>,
+        key: &mut Vec<u8>,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        let mut cursors: Vec<FamilyCursor> = scans
+            .into_iter()
+            .map(|scan| {
+                let (columns, is_default) = self.columns_of(scan.family());
+                FamilyCursor {
+                    scan,
+                    row: BinaryArray::new_null(0),
+                    qualifier: BinaryArray::new_null(0),
+                    value: BinaryArray::new_null(0),
+                    pos: 0,
+                    columns,
+                    is_default,
+                }
+            })
+            .collect();
+        while !self.done() {
+            // The smallest current row among the families.
+            let mut next: Option<&[u8]> = None;
+            for c in cursors.iter_mut() {
+                if let Some(r) = c.row()? {
+                    if next.is_none_or(|n| r < n) {
+                        next = Some(r);
+                    }
+                }
+            }
+            let Some(next) = next else { break };
+            key.clear();
+            key.extend_from_slice(next);
+            for c in cursors.iter_mut() {
+                while c.row()? == Some(key.as_slice()) {
+                    let (q, v) = (c.qualifier.value(c.pos), c.value.value(c.pos));
+                    self.set(&c.columns, c.is_default, q, v);
+                    c.pos += 1;
+                }
+            }
+            self.end_row(key, emit)?;
         }
         Ok(())
     }
 
-    /// Emits the current row if it exists (its marker cell is visible).
-    fn end_row(&mut self) -> Result<()> {
-        let Some(key) = self.current.take() else {
-            return Ok(());
-        };
+    /// Emits the row `key` if it exists (its marker cell is visible).
+    fn end_row(&mut self, key: &[u8], emit: &mut Emit<'_>) -> Result<()> {
         let exists = std::mem::take(&mut self.exists);
-        let values = std::mem::replace(&mut self.values, vec![None; self.reader.projection.len()]);
-        if !exists || self.full() {
+        if !exists || self.done() {
+            self.present.iter_mut().for_each(|p| *p = false);
             return Ok(());
         }
         let def = &self.reader.table.def;
@@ -1101,25 +1188,27 @@ impl<'a> RowAssembler<'a> {
                 Some(i) => self.builders[i].as_mut(),
                 None => self.scratch[j].as_mut(),
             };
-            decode_key_value(&key, &mut pos, ty, target).map_err(ext)?;
+            decode_key_value(key, &mut pos, ty, target).map_err(ext)?;
         }
         for (i, &c) in self.reader.projection.iter().enumerate() {
             if self.key_targets.contains(&Some(i)) {
                 continue;
             }
-            let ty = def.columns[c].ty;
-            decode_value(ty, values[i].as_deref(), self.builders[i].as_mut()).map_err(ext)?;
+            let value = std::mem::take(&mut self.present[i]).then_some(self.values[i].as_slice());
+            decode_value(def.columns[c].ty, value, self.builders[i].as_mut()).map_err(ext)?;
         }
-        self.row_keys.append_value(&key);
+        if self.reader.with_row_key {
+            self.row_keys.append_value(key);
+        }
         self.rows_in_batch += 1;
         self.rows_total += 1;
         if self.rows_in_batch >= self.reader.batch_size {
-            self.flush_batch()?;
+            self.flush_batch(emit)?;
         }
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<()> {
+    fn flush_batch(&mut self, emit: &mut Emit<'_>) -> Result<()> {
         if self.rows_in_batch == 0 {
             return Ok(());
         }
@@ -1129,23 +1218,15 @@ impl<'a> RowAssembler<'a> {
         }
         if self.reader.with_row_key {
             columns.push(Arc::new(self.row_keys.finish()));
-        } else {
-            self.row_keys = BinaryBuilder::new();
         }
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows_in_batch));
-        self.out.push(RecordBatch::try_new_with_options(
-            self.reader.schema.clone(),
-            columns,
-            &options,
-        )?);
+        let batch =
+            RecordBatch::try_new_with_options(self.reader.schema.clone(), columns, &options)?;
         self.rows_in_batch = 0;
+        if !emit(batch) {
+            self.stopped = true;
+        }
         Ok(())
-    }
-
-    fn finish(mut self) -> Result<Vec<RecordBatch>> {
-        self.end_row()?;
-        self.flush_batch()?;
-        Ok(self.out)
     }
 }
 

@@ -1,0 +1,369 @@
+//! Streaming scans of one store: a k-way merge of its sources (memstore
+//! snapshots and store files) done on Arrow batches, and the read rules of
+//! [`crate::read::resolve`] applied batch by batch, so a scan never builds
+//! one `Cell` per cell and never holds more than a few batches per source.
+//!
+//! Batches are in the store-file schema: `row`, `qualifier`, `ts`, `seq`,
+//! `kind`, `value` (see `docs/format.md`).
+
+use std::cmp::Ordering;
+
+use arrow::array::{
+    Array, AsArray, BinaryArray, BooleanArray, BooleanBufferBuilder, PrimitiveArray, RecordBatch,
+};
+use arrow::datatypes::{Int64Type, UInt64Type, UInt8Type};
+
+use crate::cell::CellKind;
+use crate::error::Result;
+use crate::options::FamilyOptions;
+use crate::read::ReadOptions;
+
+/// Batches of one source, sorted in cell order.
+pub(crate) type Source = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// The columns a merge compares, of one batch.
+struct Keys {
+    row: BinaryArray,
+    qualifier: BinaryArray,
+    ts: PrimitiveArray<Int64Type>,
+    seq: PrimitiveArray<UInt64Type>,
+}
+
+impl Keys {
+    fn of(batch: &RecordBatch) -> Self {
+        Self {
+            row: batch.column(0).as_binary::<i32>().clone(),
+            qualifier: batch.column(1).as_binary::<i32>().clone(),
+            ts: batch.column(2).as_primitive::<Int64Type>().clone(),
+            seq: batch.column(3).as_primitive::<UInt64Type>().clone(),
+        }
+    }
+
+    /// Cell order: row, qualifier ascending; timestamp, sequence descending.
+    fn cmp(&self, i: usize, other: &Keys, j: usize) -> Ordering {
+        self.row
+            .value(i)
+            .cmp(other.row.value(j))
+            .then_with(|| self.qualifier.value(i).cmp(other.qualifier.value(j)))
+            .then_with(|| other.ts.value(j).cmp(&self.ts.value(i)))
+            .then_with(|| other.seq.value(j).cmp(&self.seq.value(i)))
+    }
+}
+
+struct Cursor {
+    keys: Keys,
+    /// Index of the batch in the output chunk's list of batches.
+    slot: usize,
+    pos: usize,
+    len: usize,
+}
+
+/// Merges sources into one stream in cell order.
+pub(crate) struct Merge {
+    sources: Vec<Source>,
+    cursors: Vec<Option<Cursor>>,
+    /// Batches the cursors point into, for `interleave`.
+    slots: Vec<RecordBatch>,
+    started: bool,
+    batch_size: usize,
+}
+
+impl Merge {
+    pub fn new(sources: Vec<Source>, batch_size: usize) -> Self {
+        let n = sources.len();
+        Self {
+            sources,
+            cursors: (0..n).map(|_| None).collect(),
+            slots: Vec::new(),
+            started: false,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// Loads source `s`'s next non-empty batch into its cursor.
+    fn advance(&mut self, s: usize) -> Result<()> {
+        self.cursors[s] = None;
+        for batch in self.sources[s].by_ref() {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            self.cursors[s] = Some(Cursor {
+                keys: Keys::of(&batch),
+                slot: self.slots.len(),
+                pos: 0,
+                len: batch.num_rows(),
+            });
+            self.slots.push(batch);
+            break;
+        }
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.sources.len() == 1 {
+            return self.sources[0].next().transpose();
+        }
+        if !self.started {
+            self.started = true;
+            for s in 0..self.sources.len() {
+                self.advance(s)?;
+            }
+        }
+        // Only the batches the cursors stand in are needed from here on.
+        let mut live = Vec::with_capacity(self.cursors.len());
+        for c in self.cursors.iter_mut().flatten() {
+            live.push(self.slots[c.slot].clone());
+            c.slot = live.len() - 1;
+        }
+        self.slots = live;
+        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(self.batch_size);
+        while picks.len() < self.batch_size {
+            // The smallest cursor, and the second smallest to bound its run.
+            let mut best: Option<usize> = None;
+            let mut second: Option<usize> = None;
+            for (i, c) in self.cursors.iter().enumerate() {
+                let Some(c) = c else { continue };
+                match best {
+                    None => best = Some(i),
+                    Some(b) => {
+                        let bc = self.cursors[b].as_ref().expect("best is live");
+                        if c.keys.cmp(c.pos, &bc.keys, bc.pos) == Ordering::Less {
+                            second = best;
+                            best = Some(i);
+                        } else if second.is_none_or(|s| {
+                            let sc = self.cursors[s].as_ref().expect("second is live");
+                            c.keys.cmp(c.pos, &sc.keys, sc.pos) == Ordering::Less
+                        }) {
+                            second = Some(i);
+                        }
+                    }
+                }
+            }
+            let Some(b) = best else { break };
+            // Take the best cursor's cells while they stay below the second.
+            let exhausted = {
+                let (head, tail) = self.cursors.split_at_mut(b);
+                let (cur, tail) = tail.split_first_mut().expect("b is in range");
+                let cur = cur.as_mut().expect("best is live");
+                let other = second.map(|s| {
+                    let c = if s < b { &head[s] } else { &tail[s - b - 1] };
+                    c.as_ref().expect("second is live")
+                });
+                loop {
+                    picks.push((cur.slot, cur.pos));
+                    cur.pos += 1;
+                    if cur.pos == cur.len || picks.len() == self.batch_size {
+                        break;
+                    }
+                    if let Some(o) = other {
+                        if cur.keys.cmp(cur.pos, &o.keys, o.pos) != Ordering::Less {
+                            break;
+                        }
+                    }
+                }
+                cur.pos == cur.len
+            };
+            if exhausted {
+                self.advance(b)?;
+            }
+        }
+        if picks.is_empty() {
+            return Ok(None);
+        }
+        let schema = self.slots[0].schema();
+        let columns = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    self.slots.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow::compute::interleave(&arrays, &picks)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
+    }
+}
+
+impl Iterator for Merge {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+/// The read rules applied to a merged stream: the puts a reader sees in
+/// `[start, end)`, the same decisions as [`crate::read::resolve`].
+pub(crate) struct Visible {
+    start: Vec<u8>,
+    end: Vec<u8>,
+    max_versions: u32,
+    ttl: Option<i64>,
+    read: ReadOptions,
+    /// Row and qualifier of the last cell looked at in the previous batch.
+    prev: Option<(Vec<u8>, Vec<u8>)>,
+    family_deletes: Vec<(i64, u64)>,
+    column_deletes: Vec<(i64, u64)>,
+    versions: u32,
+    /// A row at or past `end` was seen.
+    pub done: bool,
+}
+
+impl Visible {
+    pub fn new(start: &[u8], end: &[u8], family: &FamilyOptions, read: &ReadOptions) -> Self {
+        Self {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            max_versions: read.max_versions.min(family.max_versions).max(1),
+            ttl: family.ttl_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            read: read.clone(),
+            prev: None,
+            family_deletes: Vec::new(),
+            column_deletes: Vec::new(),
+            versions: 0,
+            done: false,
+        }
+    }
+
+    /// The visible puts of `batch`, or `None` when it has none.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let n = batch.num_rows();
+        let row = batch.column(0).as_binary::<i32>();
+        let qualifier = batch.column(1).as_binary::<i32>();
+        let ts = batch.column(2).as_primitive::<Int64Type>();
+        let seq = batch.column(3).as_primitive::<UInt64Type>();
+        let kind = batch.column(4).as_primitive::<UInt8Type>();
+        let mut keep = BooleanBufferBuilder::new(n);
+        // Index in this batch of the last cell looked at.
+        let mut last: Option<usize> = None;
+        let (start, end) = (self.start.as_slice(), self.end.as_slice());
+        for i in 0..n {
+            let r = row.value(i);
+            if r < start {
+                keep.append(false);
+                continue;
+            }
+            if !end.is_empty() && r >= end {
+                self.done = true;
+                keep.append_n(n - i, false);
+                break;
+            }
+            let s = seq.value(i);
+            if s > self.read.snapshot {
+                keep.append(false);
+                continue;
+            }
+            let q = qualifier.value(i);
+            let (same_row, same_column) = match last {
+                Some(j) => {
+                    let same_row = row.value(j) == r;
+                    (same_row, same_row && qualifier.value(j) == q)
+                }
+                None => match &self.prev {
+                    Some((pr, pq)) => {
+                        let same_row = pr.as_slice() == r;
+                        (same_row, same_row && pq.as_slice() == q)
+                    }
+                    None => (false, false),
+                },
+            };
+            last = Some(i);
+            if !same_row {
+                self.family_deletes.clear();
+            }
+            if !same_column {
+                self.column_deletes.clear();
+                self.versions = 0;
+            }
+            let t = ts.value(i);
+            let future = self.read.time_range.is_some_and(|(_, max)| t >= max);
+            let visible = match CellKind::from_u8(kind.value(i)) {
+                Some(CellKind::DeleteFamily | CellKind::Delete) if future => false,
+                Some(CellKind::DeleteFamily) => {
+                    self.family_deletes.push((t, s));
+                    false
+                }
+                Some(CellKind::Delete) => {
+                    self.column_deletes.push((t, s));
+                    false
+                }
+                Some(CellKind::Put) => {
+                    let masked = self
+                        .family_deletes
+                        .iter()
+                        .chain(self.column_deletes.iter())
+                        .any(|&(dt, ds)| dt >= t && ds > s);
+                    let expired = self
+                        .ttl
+                        .is_some_and(|ttl| self.read.now_ms.saturating_sub(t) > ttl);
+                    let outside = self
+                        .read
+                        .time_range
+                        .is_some_and(|(min, max)| t < min || t >= max);
+                    if !masked && !expired && !outside && self.versions < self.max_versions {
+                        self.versions += 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                // Store files are checked when read; memstores hold only
+                // known kinds.
+                None => false,
+            };
+            keep.append(visible);
+        }
+        if let Some(j) = last {
+            self.prev = Some((row.value(j).to_vec(), qualifier.value(j).to_vec()));
+        }
+        let mask = BooleanArray::new(keep.finish(), None);
+        match mask.true_count() {
+            0 => Ok(None),
+            k if k == n => Ok(Some(batch.clone())),
+            _ => Ok(Some(arrow::compute::filter_record_batch(batch, &mask)?)),
+        }
+    }
+}
+
+/// The visible cells of one store over a row range, as a stream of
+/// batches in the store-file schema (`row`, `qualifier`, `ts`, `seq`,
+/// `kind`, `value`), in cell order, only puts.
+pub struct StoreScan {
+    family: String,
+    merge: Merge,
+    visible: Visible,
+}
+
+impl StoreScan {
+    pub(crate) fn new(family: &str, merge: Merge, visible: Visible) -> Self {
+        Self {
+            family: family.to_string(),
+            merge,
+            visible,
+        }
+    }
+
+    /// The family this store holds.
+    pub fn family(&self) -> &str {
+        &self.family
+    }
+}
+
+impl Iterator for StoreScan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.visible.done {
+            match self.merge.next()? {
+                Err(e) => {
+                    self.visible.done = true;
+                    return Some(Err(e));
+                }
+                Ok(batch) => match self.visible.apply(&batch) {
+                    Ok(None) => continue,
+                    other => return other.transpose(),
+                },
+            }
+        }
+        None
+    }
+}
