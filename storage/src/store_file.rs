@@ -18,12 +18,13 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder,
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as PqCompression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 
 use crate::bloom::Bloom;
@@ -145,6 +146,11 @@ fn bloom_key(kind: BloomKind, row: &[u8], qualifier: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Target size of a data page.
+const PAGE_BYTES: usize = 8 * 1024;
+/// Most rows in a data page (dictionary-encoded columns stay small in bytes).
+const PAGE_ROWS: usize = 256;
+
 /// Writes `cells` (sorted, one family) to `path` through a temporary file,
 /// fsynced and renamed into place, and opens the result.
 pub(crate) fn write(
@@ -174,9 +180,16 @@ pub(crate) fn write(
         .sum();
     let avg = (bytes / cells.len().max(1)).max(1);
     let rows_per_group = (options.block_size / avg).clamp(128, 1 << 20);
+    // Pages are small and indexed (the page index holds each page's row
+    // range and first row), so a get decodes one page per column, not the
+    // whole row group.
     let props = WriterProperties::builder()
         .set_compression(compression)
         .set_max_row_group_row_count(Some(rows_per_group))
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(PAGE_ROWS / 2)
+        .set_statistics_enabled(EnabledStatistics::Page)
         .build();
     let file = File::create(&tmp).map_err(io(&tmp))?;
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
@@ -267,11 +280,11 @@ impl StoreFile {
             len: size,
         };
         let metadata = guarded(path, || {
-            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
-                StorageError::Parquet {
-                    file: path.to_path_buf(),
-                    source,
-                }
+            let options =
+                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+            ArrowReaderMetadata::load(&file, options).map_err(|source| StorageError::Parquet {
+                file: path.to_path_buf(),
+                source,
             })
         })?;
         let corrupted = |reason: &str| StorageError::Corrupted {
@@ -400,15 +413,65 @@ impl StoreFile {
             return Ok(None);
         }
         Metrics::add(&self.metrics.data_reads, 1);
-        ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.clone(), self.metadata.clone())
-            .with_row_groups(groups)
-            .with_batch_size(batch_size.max(1))
+        let selection = self.page_selection(&groups, start, end);
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            self.file.clone(),
+            self.metadata.clone(),
+        )
+        .with_row_groups(groups)
+        .with_batch_size(batch_size.max(1));
+        if let Some(selection) = selection {
+            builder = builder.with_row_selection(selection);
+        }
+        builder
             .build()
             .map(Some)
             .map_err(|source| StorageError::Parquet {
                 file: self.path.clone(),
                 source,
             })
+    }
+
+    /// The rows of `groups` whose pages of the row column may hold rows of
+    /// `[start, end)`, by the page index; `None` when every row is needed
+    /// or the file has no usable page index.
+    fn page_selection(&self, groups: &[usize], start: &[u8], end: &[u8]) -> Option<RowSelection> {
+        let md = self.metadata.metadata();
+        let (columns, offsets) = (md.column_index()?, md.offset_index()?);
+        let mut selectors = Vec::new();
+        let mut skips = false;
+        for &g in groups {
+            let rows = usize::try_from(md.row_group(g).num_rows()).ok()?;
+            let pages = offsets.get(g)?.first()?.page_locations();
+            let ColumnIndexMetaData::BYTE_ARRAY(index) = columns.get(g)?.first()? else {
+                return None;
+            };
+            if usize::try_from(index.num_pages()).ok()? != pages.len() {
+                return None;
+            }
+            for (p, page) in pages.iter().enumerate() {
+                let first = usize::try_from(page.first_row_index).ok()?;
+                let next = match pages.get(p + 1) {
+                    Some(n) => usize::try_from(n.first_row_index).ok()?,
+                    None => rows,
+                };
+                // A damaged index must not steer the decoder.
+                if (p == 0 && first != 0) || next <= first || next > rows {
+                    return None;
+                }
+                let wanted = match (index.min_value(p), index.max_value(p)) {
+                    (Some(min), Some(max)) => max >= start && (end.is_empty() || min < end),
+                    _ => true,
+                };
+                skips |= !wanted;
+                selectors.push(if wanted {
+                    RowSelector::select(next - first)
+                } else {
+                    RowSelector::skip(next - first)
+                });
+            }
+        }
+        skips.then(|| RowSelection::from(selectors))
     }
 
     /// The file's record batches (in the store-file schema) that may hold
@@ -577,6 +640,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, bytes) = sample(dir.path());
         assert_eq!(open_and_read(&path, &bytes).unwrap(), 300);
+    }
+
+    #[test]
+    fn a_row_read_decodes_only_its_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |i: u32| format!("row{i:06}").into_bytes();
+        let mut cells = Vec::new();
+        for i in 0..6000u32 {
+            for q in [b"a", b"b"] {
+                let value = format!("{i}-{}", q[0] as char).into_bytes();
+                cells.push(Mutation::put(&row(i), "f", q, 1, &value).into_cell(1));
+            }
+        }
+        let path = dir.path().join("paged.parquet");
+        let metrics = Arc::new(Metrics::default());
+        write(&path, 1, "f", &cells, &FamilyOptions::default(), &metrics).unwrap();
+        let f = StoreFile::open(&path, 1, &metrics).unwrap();
+        assert_eq!(f.metadata.metadata().num_row_groups(), 1);
+        for i in (0..6000u32).step_by(37) {
+            let mut end = row(i);
+            end.push(0);
+            let got = f.read_range(&row(i), &end).unwrap();
+            let values: Vec<Vec<u8>> = got.iter().map(|c| c.value.clone()).collect();
+            assert_eq!(
+                values,
+                vec![format!("{i}-a").into_bytes(), format!("{i}-b").into_bytes()]
+            );
+            let selected = f.page_selection(&[0], &row(i), &end).unwrap().row_count();
+            assert!(
+                selected < 12_000 / 20,
+                "row {i}: {selected} of 12000 rows decoded"
+            );
+        }
+        assert_eq!(f.read_range(&row(1000), &row(2000)).unwrap().len(), 2000);
+        assert!(f.page_selection(&[0], b"", b"").is_none());
     }
 
     #[test]
