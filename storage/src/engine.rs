@@ -18,9 +18,9 @@ use crate::error::{io, Result, StorageError};
 use crate::manifest::{Manifest, RegionMeta, StoreMeta, TableMeta};
 use crate::metrics::{EngineMetrics, Metrics};
 use crate::options::{EngineOptions, FamilyOptions, SyncPolicy};
-use crate::read::{merge, resolve, ReadOptions};
+use crate::read::{merge, ReadOptions};
 use crate::region::{file_path, write_file, Region, Store};
-use crate::scan::StoreScan;
+use crate::scan::{Merge, Source, StoreScan, Visible};
 use crate::store_file::{self, StoreFile};
 use crate::wal::Wal;
 
@@ -990,14 +990,25 @@ impl Inner {
                 let Some((mem, seq)) = store.state.read().frozen.first().cloned() else {
                     break;
                 };
-                let cells = mem.all();
-                let file = if cells.is_empty() {
-                    None
-                } else {
-                    let id = self.manifest.lock().allocate_id();
-                    let f = write_file(&self.dir, id, store, &cells, &self.metrics)?;
-                    Metrics::add(&self.metrics.flush_bytes, f.size);
-                    Some(f)
+                let batch = mem.range_batch(&[], &[])?;
+                let file = match batch {
+                    None => None,
+                    Some(batch) => {
+                        let id = self.manifest.lock().allocate_id();
+                        let n = batch.num_rows();
+                        let f = write_file(
+                            &self.dir,
+                            id,
+                            store,
+                            &mut std::iter::once(Ok(batch)),
+                            n,
+                            &self.metrics,
+                        )?;
+                        if let Some(f) = &f {
+                            Metrics::add(&self.metrics.flush_bytes, f.size);
+                        }
+                        f
+                    }
                 };
                 {
                     let mut m = self.manifest.lock();
@@ -1012,13 +1023,15 @@ impl Inner {
                     }
                     next.store(&self.dir)?;
                     *m = next;
+                    let cells = file.as_ref().map_or(0, |f| f.cells);
                     let mut state = store.state.write();
                     if let Some(f) = file {
                         state.files.push(f);
                     }
                     state.frozen.remove(0);
+                    drop(state);
+                    tracing::debug!(table = table.id, region = r.id, family = %store.family, cells, "flushed");
                 }
-                tracing::debug!(table = table.id, region = r.id, family = %store.family, cells = cells.len(), "flushed");
             }
         }
         Ok(())
@@ -1043,28 +1056,28 @@ impl Inner {
             if files.len() < 2 && !(major || out_of_range) || files.is_empty() {
                 continue;
             }
-            let mut sources = Vec::new();
+            // Merged batch by batch: the inputs are never all in memory.
+            let mut sources: Vec<Source> = Vec::new();
             for f in &files {
-                sources.push(f.read_range(&r.start, &r.end)?);
+                sources.push(Box::new(f.batches(&r.start, &r.end, 8192)?));
             }
-            let merged = merge(sources);
-            let cells = if major {
+            let visible = if major {
                 let read = ReadOptions {
                     max_versions: store.options.max_versions,
                     ..Default::default()
                 };
-                resolve(merged, &store.options, &read)
+                Visible::new(&r.start, &r.end, &store.options, &read)
             } else {
-                merged
+                Visible::everything(&r.start, &r.end)
             };
-            let new = if cells.is_empty() {
-                None
-            } else {
-                let id = self.manifest.lock().allocate_id();
-                let f = write_file(&self.dir, id, store, &cells, &self.metrics)?;
+            let mut merged = StoreScan::new(&store.family, Merge::new(sources, 8192), visible);
+            let hint: u64 = files.iter().map(|f| f.cells).sum();
+            let id = self.manifest.lock().allocate_id();
+            let hint = usize::try_from(hint).unwrap_or(usize::MAX);
+            let new = write_file(&self.dir, id, store, &mut merged, hint, &self.metrics)?;
+            if let Some(f) = &new {
                 Metrics::add(&self.metrics.compaction_bytes, f.size);
-                Some(f)
-            };
+            }
             let replaced: HashSet<u64> = files.iter().map(|f| f.id).collect();
             let mut m = self.manifest.lock();
             let mut next = m.clone();

@@ -3,14 +3,12 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
-};
+use arrow::array::RecordBatch;
 use parking_lot::RwLock;
 
 use crate::cell::{Cell, CellKey, CellKind};
+use crate::store_file::CellBatchBuilder;
 
 /// Sorted cells of one store, with their total size.
 pub struct MemStore {
@@ -79,44 +77,18 @@ impl MemStore {
         end: &[u8],
     ) -> crate::error::Result<Option<RecordBatch>> {
         let cells = self.cells.read();
-        let mut row = BinaryBuilder::new();
-        let mut qualifier = BinaryBuilder::new();
-        let mut ts = Int64Builder::new();
-        let mut seq = UInt64Builder::new();
-        let mut kind = UInt8Builder::new();
-        let mut value = BinaryBuilder::new();
+        let mut batch = CellBatchBuilder::default();
         for (k, v) in cells
             .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
             .take_while(|(k, _)| end.is_empty() || k.row.as_slice() < end)
         {
-            row.append_value(&k.row);
-            qualifier.append_value(&k.qualifier);
-            ts.append_value(k.ts);
-            seq.append_value(k.seq);
-            kind.append_value(k.kind as u8);
-            value.append_value(v);
+            batch.append(&k.row, &k.qualifier, k.ts, k.seq, k.kind, v);
         }
         drop(cells);
-        if row.is_empty() {
+        if batch.is_empty() {
             return Ok(None);
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(row.finish()),
-            Arc::new(qualifier.finish()),
-            Arc::new(ts.finish()),
-            Arc::new(seq.finish()),
-            Arc::new(kind.finish()),
-            Arc::new(value.finish()),
-        ];
-        Ok(Some(RecordBatch::try_new(
-            crate::store_file::schema(),
-            columns,
-        )?))
-    }
-
-    /// All cells in order.
-    pub fn all(&self) -> Vec<Cell> {
-        self.range(&[], &[])
+        batch.finish().map(Some)
     }
 }
 
@@ -145,7 +117,7 @@ mod tests {
         }
         let rows: Vec<Vec<u8>> = m.range(b"b", b"d").into_iter().map(|c| c.key.row).collect();
         assert_eq!(rows, vec![b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(m.all().len(), 4);
+        assert_eq!(m.range(&[], &[]).len(), 4);
         assert_eq!(m.max_seq(), 4);
     }
 }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use arrow::array::RecordBatch;
+
 use crate::cell::Cell;
 use crate::error::Result;
 use crate::memstore::MemStore;
@@ -241,20 +243,24 @@ pub(crate) fn file_path(dir: &Path, id: u64) -> PathBuf {
     dir.join("files").join(format!("{id:020}.parquet"))
 }
 
-/// Writes a store file for `cells`.
+/// Writes a store file of `batches` (store-file schema, sorted); `None`
+/// when they hold no cells.
 pub(crate) fn write_file(
     dir: &Path,
     id: u64,
     store: &Store,
-    cells: &[Cell],
+    batches: &mut dyn Iterator<Item = Result<RecordBatch>>,
+    cells_hint: usize,
     metrics: &Arc<Metrics>,
-) -> Result<Arc<StoreFile>> {
-    Ok(Arc::new(store_file::write(
+) -> Result<Option<Arc<StoreFile>>> {
+    Ok(store_file::write(
         &file_path(dir, id),
         id,
         &store.family,
-        cells,
+        batches,
+        cells_hint,
         &store.options,
         metrics,
-    )?))
+    )?
+    .map(Arc::new))
 }

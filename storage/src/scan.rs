@@ -204,6 +204,9 @@ pub(crate) struct Visible {
     family_deletes: Vec<(i64, u64)>,
     column_deletes: Vec<(i64, u64)>,
     versions: u32,
+    /// Keep every cell in range (deletes and all versions): a minor
+    /// compaction's rule.
+    everything: bool,
     /// A row at or past `end` was seen.
     pub done: bool,
 }
@@ -220,7 +223,21 @@ impl Visible {
             family_deletes: Vec::new(),
             column_deletes: Vec::new(),
             versions: 0,
+            everything: false,
             done: false,
+        }
+    }
+
+    /// Every cell of `[start, end)`, whatever its kind or age.
+    pub fn everything(start: &[u8], end: &[u8]) -> Self {
+        Self {
+            everything: true,
+            ..Self::new(
+                start,
+                end,
+                &FamilyOptions::default(),
+                &ReadOptions::default(),
+            )
         }
     }
 
@@ -246,6 +263,10 @@ impl Visible {
                 self.done = true;
                 keep.append_n(n - i, false);
                 break;
+            }
+            if self.everything {
+                keep.append(true);
+                continue;
             }
             let s = seq.value(i);
             if s > self.read.snapshot {
@@ -326,7 +347,8 @@ impl Visible {
 
 /// The visible cells of one store over a row range, as a stream of
 /// batches in the store-file schema (`row`, `qualifier`, `ts`, `seq`,
-/// `kind`, `value`), in cell order, only puts.
+/// `kind`, `value`), in cell order, only puts (every kind for a minor
+/// compaction's [`Visible::everything`]).
 pub struct StoreScan {
     family: String,
     merge: Merge,

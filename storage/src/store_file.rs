@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    AsArray, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
+    ArrayBuilder, AsArray, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 use parquet::arrow::arrow_reader::{
@@ -151,20 +151,58 @@ const PAGE_BYTES: usize = 8 * 1024;
 /// Most rows in a data page (dictionary-encoded columns stay small in bytes).
 const PAGE_ROWS: usize = 256;
 
-/// Writes `cells` (sorted, one family) to `path` through a temporary file,
-/// fsynced and renamed into place, and opens the result.
+/// Cells between two samples kept for the file's middle row.
+const MID_SAMPLE: u64 = 1024;
+
+/// Writes `batches` (in the store-file schema, sorted, one family) to
+/// `path` through a temporary file, fsynced and renamed into place, and
+/// opens the result; `None`, and no file, when there are no cells.
+/// `cells_hint` (an upper bound of the cell count) sizes the bloom filter.
+/// An error from `batches` removes the temporary file.
 pub(crate) fn write(
     path: &Path,
     id: u64,
     family: &str,
-    cells: &[Cell],
+    batches: &mut dyn Iterator<Item = Result<RecordBatch>>,
+    cells_hint: usize,
     options: &FamilyOptions,
     metrics: &Arc<Metrics>,
-) -> Result<StoreFile> {
+) -> Result<Option<StoreFile>> {
     let tmp = path.with_extension("parquet.tmp");
+    let written = write_tmp(&tmp, family, batches, cells_hint, options);
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        crate::wal::sync_dir(dir)?;
+    }
+    StoreFile::open(path, id, metrics).map(Some)
+}
+
+/// Writes and fsyncs the temporary file; false when there were no cells.
+fn write_tmp(
+    tmp: &Path,
+    family: &str,
+    batches: &mut dyn Iterator<Item = Result<RecordBatch>>,
+    cells_hint: usize,
+    options: &FamilyOptions,
+) -> Result<bool> {
     let pq = |source| StorageError::Parquet {
-        file: tmp.clone(),
+        file: tmp.to_path_buf(),
         source,
+    };
+    let mut batches = batches.filter(|b| !matches!(b, Ok(b) if b.num_rows() == 0));
+    let Some(first) = batches.next().transpose()? else {
+        return Ok(false);
     };
     let compression = match options.compression {
         Compression::None => PqCompression::UNCOMPRESSED,
@@ -172,13 +210,11 @@ pub(crate) fn write(
         Compression::Lz4 => PqCompression::LZ4_RAW,
         Compression::Zstd => PqCompression::ZSTD(ZstdLevel::default()),
     };
-    // A row group is the unit a get decodes: size it to about `block_size`
-    // bytes of cells (HBase's block), by the average cell size.
-    let bytes: usize = cells
-        .iter()
-        .map(|c| c.key.row.len() + c.key.qualifier.len() + c.value.len() + 17)
-        .sum();
-    let avg = (bytes / cells.len().max(1)).max(1);
+    // A row group is the unit a scan skips by statistics: size it to about
+    // `block_size` bytes of cells (HBase's block), by the average cell size
+    // of the first batch.
+    let bytes = first.get_array_memory_size();
+    let avg = (bytes / first.num_rows().max(1)).max(1);
     let rows_per_group = (options.block_size / avg).clamp(128, 1 << 20);
     // Pages are small and indexed (the page index holds each page's row
     // range and first row), so a get decodes one page per column, not the
@@ -191,65 +227,65 @@ pub(crate) fn write(
         .set_write_batch_size(PAGE_ROWS / 2)
         .set_statistics_enabled(EnabledStatistics::Page)
         .build();
-    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let file = File::create(tmp).map_err(io(tmp))?;
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
-
     let mut bloom = match options.bloom {
         BloomKind::None => None,
-        _ => Some(Bloom::with_capacity(cells.len())),
+        _ => Some(Bloom::with_capacity(cells_hint.max(1))),
     };
-    let mut max_seq = 0;
-    let mut deletes = 0u64;
-    for chunk in cells.chunks(8192) {
-        let mut row = BinaryBuilder::new();
-        let mut qualifier = BinaryBuilder::new();
-        let mut ts = Int64Builder::new();
-        let mut seq = UInt64Builder::new();
-        let mut kind = UInt8Builder::new();
-        let mut value = BinaryBuilder::new();
-        for c in chunk {
-            row.append_value(&c.key.row);
-            qualifier.append_value(&c.key.qualifier);
-            ts.append_value(c.key.ts);
-            seq.append_value(c.key.seq);
-            kind.append_value(c.key.kind as u8);
-            value.append_value(&c.value);
-            max_seq = max_seq.max(c.key.seq);
-            deletes += u64::from(c.key.kind != CellKind::Put);
-            if let (Some(b), Some(k)) = (
-                bloom.as_mut(),
-                bloom_key(options.bloom, &c.key.row, &c.key.qualifier),
-            ) {
-                b.insert(&k);
+    let (mut max_seq, mut deletes, mut cells) = (0u64, 0u64, 0u64);
+    let mut first_row: Option<Vec<u8>> = None;
+    let mut last_row = Vec::new();
+    let mut samples: Vec<Vec<u8>> = Vec::new();
+    for batch in std::iter::once(Ok(first)).chain(batches) {
+        let batch = batch?;
+        let row = batch.column(0).as_binary::<i32>();
+        let qualifier = batch.column(1).as_binary::<i32>();
+        let seq = batch.column(3).as_primitive::<UInt64Type>();
+        let kind = batch.column(4).as_primitive::<UInt8Type>();
+        max_seq = max_seq.max(arrow::compute::max(seq).unwrap_or(0));
+        deletes += kind
+            .values()
+            .iter()
+            .filter(|&&k| k != CellKind::Put as u8)
+            .count() as u64;
+        for i in 0..batch.num_rows() {
+            let r = row.value(i);
+            if let Some(b) = bloom.as_mut() {
+                // Row keys repeat for every column of a row: add each once.
+                let repeat = options.bloom == BloomKind::Row
+                    && (if i > 0 {
+                        row.value(i - 1) == r
+                    } else {
+                        last_row.as_slice() == r
+                    });
+                if !repeat {
+                    if let Some(k) = bloom_key(options.bloom, r, qualifier.value(i)) {
+                        b.insert(&k);
+                    }
+                }
             }
+            if cells.is_multiple_of(MID_SAMPLE) {
+                samples.push(r.to_vec());
+            }
+            cells += 1;
         }
-        let batch = RecordBatch::try_new(
-            schema(),
-            vec![
-                Arc::new(row.finish()),
-                Arc::new(qualifier.finish()),
-                Arc::new(ts.finish()),
-                Arc::new(seq.finish()),
-                Arc::new(kind.finish()),
-                Arc::new(value.finish()),
-            ],
-        )?;
+        if first_row.is_none() {
+            first_row = Some(row.value(0).to_vec());
+        }
+        last_row = row.value(batch.num_rows() - 1).to_vec();
         writer.write(&batch).map_err(pq)?;
     }
-    let first = cells.first().map(|c| c.key.row.clone()).unwrap_or_default();
-    let last = cells.last().map(|c| c.key.row.clone()).unwrap_or_default();
-    let mid = cells
-        .get(cells.len() / 2)
-        .map(|c| c.key.row.clone())
-        .unwrap_or_default();
+    let first = first_row.unwrap_or_default();
+    let mid = samples.get(samples.len() / 2).cloned().unwrap_or_default();
     let mut kv = vec![
         ("tidebase.format", "1".to_string()),
         ("tidebase.family", family.to_string()),
         ("tidebase.min_row", hex(&first)),
-        ("tidebase.max_row", hex(&last)),
+        ("tidebase.max_row", hex(&last_row)),
         ("tidebase.mid_row", hex(&mid)),
         ("tidebase.max_seq", max_seq.to_string()),
-        ("tidebase.cells", cells.len().to_string()),
+        ("tidebase.cells", cells.to_string()),
         ("tidebase.deletes", deletes.to_string()),
         ("tidebase.bloom_kind", options.bloom.name().to_string()),
     ];
@@ -260,14 +296,56 @@ pub(crate) fn write(
         writer.append_key_value_metadata(KeyValue::new(k.to_string(), v));
     }
     let file = writer.into_inner().map_err(pq)?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        crate::wal::sync_dir(dir)?;
+    file.sync_all().map_err(io(tmp))?;
+    Ok(true)
+}
+
+/// Builds one batch in the store-file schema, cell by cell.
+#[derive(Default)]
+pub(crate) struct CellBatchBuilder {
+    row: BinaryBuilder,
+    qualifier: BinaryBuilder,
+    ts: Int64Builder,
+    seq: UInt64Builder,
+    kind: UInt8Builder,
+    value: BinaryBuilder,
+}
+
+impl CellBatchBuilder {
+    pub fn append(
+        &mut self,
+        row: &[u8],
+        qualifier: &[u8],
+        ts: i64,
+        seq: u64,
+        kind: CellKind,
+        value: &[u8],
+    ) {
+        self.row.append_value(row);
+        self.qualifier.append_value(qualifier);
+        self.ts.append_value(ts);
+        self.seq.append_value(seq);
+        self.kind.append_value(kind as u8);
+        self.value.append_value(value);
     }
-    let opened = StoreFile::open(path, id, metrics)?;
-    Ok(opened)
+
+    pub fn is_empty(&self) -> bool {
+        self.row.is_empty()
+    }
+
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(self.row.finish()),
+                Arc::new(self.qualifier.finish()),
+                Arc::new(self.ts.finish()),
+                Arc::new(self.seq.finish()),
+                Arc::new(self.kind.finish()),
+                Arc::new(self.value.finish()),
+            ],
+        )?)
+    }
 }
 
 impl StoreFile {
@@ -601,6 +679,29 @@ mod tests {
     use crate::cell::Mutation;
     use proptest::prelude::*;
 
+    fn batch_of(cells: &[Cell]) -> Result<RecordBatch> {
+        let mut b = CellBatchBuilder::default();
+        for c in cells {
+            let k = &c.key;
+            b.append(&k.row, &k.qualifier, k.ts, k.seq, k.kind, &c.value);
+        }
+        b.finish()
+    }
+
+    fn write_cells(path: &Path, cells: &[Cell], options: &FamilyOptions, m: &Arc<Metrics>) {
+        let batch = batch_of(cells).unwrap();
+        write(
+            path,
+            1,
+            "f",
+            &mut std::iter::once(Ok(batch)),
+            cells.len(),
+            options,
+            m,
+        )
+        .unwrap();
+    }
+
     fn sample(dir: &Path) -> (PathBuf, Vec<u8>) {
         let cells: Vec<Cell> = (0..300u32)
             .map(|i| {
@@ -613,15 +714,7 @@ mod tests {
             block_size: 1 << 16,
             ..Default::default()
         };
-        write(
-            &path,
-            1,
-            "f",
-            &cells,
-            &options,
-            &Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        write_cells(&path, &cells, &options, &Arc::new(Metrics::default()));
         let bytes = std::fs::read(&path).unwrap();
         (path, bytes)
     }
@@ -655,7 +748,7 @@ mod tests {
         }
         let path = dir.path().join("paged.parquet");
         let metrics = Arc::new(Metrics::default());
-        write(&path, 1, "f", &cells, &FamilyOptions::default(), &metrics).unwrap();
+        write_cells(&path, &cells, &FamilyOptions::default(), &metrics);
         let f = StoreFile::open(&path, 1, &metrics).unwrap();
         assert_eq!(f.metadata.metadata().num_row_groups(), 1);
         for i in (0..6000u32).step_by(37) {
