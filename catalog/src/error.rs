@@ -17,6 +17,8 @@ pub enum CatalogError {
     DuplicateColumn(String),
     #[error("column family \"{0}\" does not exist")]
     FamilyNotFound(String),
+    #[error("column family \"{family}\" of relation \"{table}\" already exists")]
+    FamilyExists { table: String, family: String },
     #[error("unrecognized parameter \"{0}\"")]
     UnknownOption(String),
     #[error("invalid value for parameter \"{name}\": \"{value}\"")]

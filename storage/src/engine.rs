@@ -31,6 +31,9 @@ struct Table {
     regions: RwLock<Vec<Arc<Region>>>,
     /// This table's split threshold; 0 = the engine's.
     split_bytes: std::sync::atomic::AtomicU64,
+    /// Replaced by a new definition (families changed): writers that hold
+    /// this object look the table up again; flush and compaction skip it.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl Table {
@@ -350,8 +353,78 @@ impl Engine {
 
     /// Applies a batch atomically: one WAL record, then the memstores.
     /// Returns the batch's sequence number.
-    pub fn write(&self, table: &str, mutations: Vec<Mutation>) -> Result<u64> {
-        self.inner.write(&self.table(table)?, mutations)
+    pub fn write(&self, table: &str, mut mutations: Vec<Mutation>) -> Result<u64> {
+        loop {
+            match self.inner.write(&self.table(table)?, mutations)? {
+                Ok(seq) => return Ok(seq),
+                // The table was redefined meanwhile: write to the new one.
+                Err(back) => mutations = back,
+            }
+        }
+    }
+
+    /// Sets a table's families: families not there yet get empty stores in
+    /// every region, existing ones take the given options (for reads at
+    /// once, for their files at the next compaction). Families cannot be
+    /// removed. `schema` (the caller's table definition) is stored in the
+    /// same manifest write. Writes wait while memstores are flushed.
+    pub fn alter_families(
+        &self,
+        name: &str,
+        families: Vec<(String, FamilyOptions)>,
+        schema: Vec<u8>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let mut tables = inner.tables.write();
+        let table = tables
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
+        if let Some(gone) = table
+            .families
+            .keys()
+            .find(|f| !families.iter().any(|(n, _)| n == *f))
+        {
+            return Err(StorageError::FamilyNotFound {
+                table: name.to_string(),
+                family: gone.clone(),
+            });
+        }
+        // No writer gets past this; memstores go to files so the new table
+        // object starts from files alone.
+        let regions = table.regions.write();
+        for r in regions.iter() {
+            inner.freeze_region(r);
+            inner.flush_region(&table, r)?;
+        }
+        let _maintenance: Vec<_> = regions
+            .iter()
+            .flat_map(|r| r.stores.values())
+            .map(|s| s.maintenance.lock())
+            .collect();
+        let mut m = inner.manifest.lock();
+        let mut next = m.clone();
+        let meta = next
+            .tables
+            .get_mut(&table.id)
+            .ok_or_else(|| StorageError::TableNotFound(name.to_string()))?;
+        meta.families = families.clone();
+        meta.schema = schema;
+        let meta = meta.clone();
+        for r in next.regions.values_mut().filter(|r| r.table == table.id) {
+            for (f, _) in &families {
+                r.stores.entry(f.clone()).or_default();
+            }
+        }
+        next.store(&inner.dir)?;
+        let built = build_table(&inner.dir, &meta, &next, &inner.metrics)?;
+        built
+            .split_bytes
+            .store(table.split_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        *m = next;
+        table.retired.store(true, Ordering::SeqCst);
+        tables.insert(name.to_string(), Arc::new(built));
+        Ok(())
     }
 
     /// The engine's counters since it was opened.
@@ -748,6 +821,7 @@ fn build_table(
         families,
         regions: RwLock::new(regions),
         split_bytes: std::sync::atomic::AtomicU64::new(0),
+        retired: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -873,7 +947,12 @@ impl Inner {
         r
     }
 
-    fn write(&self, table: &Arc<Table>, mutations: Vec<Mutation>) -> Result<u64> {
+    /// `Ok(Err(mutations))`: the table object was retired; nothing written.
+    fn write(
+        &self,
+        table: &Arc<Table>,
+        mutations: Vec<Mutation>,
+    ) -> Result<std::result::Result<u64, Vec<Mutation>>> {
         for m in &mutations {
             if !table.families.contains_key(&m.family) {
                 return Err(StorageError::FamilyNotFound {
@@ -889,6 +968,9 @@ impl Inner {
         Metrics::add(&self.metrics.user_bytes, user_bytes as u64);
         loop {
             let regions = table.regions.read();
+            if table.retired.load(Ordering::SeqCst) {
+                return Ok(Err(mutations));
+            }
             let mut targets: Vec<Arc<Region>> = Vec::new();
             for m in &mutations {
                 let r = Table::region_for(&regions, &m.row);
@@ -952,7 +1034,7 @@ impl Inner {
                     }
                 }
             }
-            return Ok(seq);
+            return Ok(Ok(seq));
         }
     }
 
@@ -986,6 +1068,9 @@ impl Inner {
     fn flush_region(&self, table: &Table, r: &Region) -> Result<()> {
         for store in r.stores.values() {
             let _m = store.maintenance.lock();
+            if table.retired.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             loop {
                 let Some((mem, seq)) = store.state.read().frozen.first().cloned() else {
                     break;
@@ -1043,6 +1128,9 @@ impl Inner {
     fn compact_region(&self, table: &Table, r: &Region, major: bool) -> Result<()> {
         for store in r.stores.values() {
             let _m = store.maintenance.lock();
+            if table.retired.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             let all = store.state.read().files.clone();
             let out_of_range = all.iter().any(|f| {
                 f.min_row.as_slice() < r.start.as_slice()
@@ -1133,6 +1221,10 @@ impl Inner {
     /// until compaction rewrites them.
     fn split(&self, table: &Table, region: u64, key: &[u8]) -> Result<()> {
         let mut regions = table.regions.write();
+        if table.retired.load(Ordering::SeqCst) {
+            // Redefined meanwhile; the new table object splits and merges.
+            return Ok(());
+        }
         let idx = regions
             .iter()
             .position(|r| r.id == region)
@@ -1230,6 +1322,10 @@ impl Inner {
         self.compact_region(table, &l, true)?;
         self.compact_region(table, &r, true)?;
         let mut regions = table.regions.write();
+        if table.retired.load(Ordering::SeqCst) {
+            // Redefined meanwhile; the new table object splits and merges.
+            return Ok(());
+        }
         let idx = regions
             .iter()
             .position(|x| x.id == left)

@@ -597,3 +597,96 @@ fn concurrent_writers_and_readers_do_not_deadlock() {
     let scan = ScanOptions::range(b"", b"");
     assert_eq!(cells(&e.scan("t", &scan).unwrap()).len(), 6000);
 }
+
+#[test]
+fn families_can_be_added_and_retuned_while_writers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        background: true,
+        ..tiny()
+    };
+    let three = FamilyOptions {
+        max_versions: 3,
+        ..Default::default()
+    };
+    let e = std::sync::Arc::new(Engine::open(dir.path(), opts.clone()).unwrap());
+    e.create_table("t", vec![("f".into(), three.clone())])
+        .unwrap();
+    for ts in 1..=3 {
+        e.write(
+            "t",
+            vec![Mutation::put(
+                b"r",
+                "f",
+                b"q",
+                ts,
+                format!("v{ts}").as_bytes(),
+            )],
+        )
+        .unwrap();
+    }
+    let all = ReadOptions {
+        max_versions: 10,
+        ..Default::default()
+    };
+    assert_eq!(e.get("t", b"r", &[], &all).unwrap().len(), 3);
+
+    // A writer keeps going while the families change under it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (e, stop) = (e.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = format!("w{n:06}");
+                e.write("t", vec![Mutation::put(row.as_bytes(), "f", b"q", 1, b"x")])
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let one = FamilyOptions {
+        max_versions: 1,
+        ..Default::default()
+    };
+    e.alter_families(
+        "t",
+        vec![("f".into(), one.clone()), ("g".into(), three.clone())],
+        b"schema v2".to_vec(),
+    )
+    .unwrap();
+    e.write("t", vec![Mutation::put(b"r", "g", b"q", 1, b"new family")])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+
+    let check = |e: &Engine| {
+        // f now keeps one version; g exists.
+        let got = e.get("t", b"r", &[], &all).unwrap();
+        let values: Vec<&[u8]> = got.iter().map(|c| c.value.as_slice()).collect();
+        assert_eq!(values, vec![&b"v3"[..], &b"new family"[..]]);
+        // Every acknowledged write of the writer is there.
+        let scan = ScanOptions {
+            families: vec!["f".into()],
+            ..ScanOptions::range(b"w", b"x")
+        };
+        assert_eq!(cells(&e.scan("t", &scan).unwrap()).len(), written as usize);
+    };
+    check(&e);
+    assert_eq!(
+        e.table_schemas(),
+        vec![("t".to_string(), b"schema v2".to_vec())]
+    );
+    // Removing a family is refused.
+    assert!(e
+        .alter_families("t", vec![("g".into(), three)], Vec::new())
+        .is_err());
+    let e = std::sync::Arc::try_unwrap(e).ok().unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), opts).unwrap();
+    check(&e);
+}

@@ -114,6 +114,19 @@ impl RegionSchema {
         install(&self.engine, &self.clock, &mut tables, def)
     }
 
+    /// Installs a definition whose families changed (added, or options
+    /// changed): the engine takes the families and the definition in one
+    /// manifest write.
+    pub fn alter_families(&self, def: TableDef) -> Result<(), CatalogError> {
+        let mut tables = self.tables.write();
+        if !tables.contains_key(&def.name) {
+            return Err(CatalogError::TableNotFound(def.name));
+        }
+        self.engine
+            .alter_families(&def.name, def.families.clone(), def.encode())?;
+        install(&self.engine, &self.clock, &mut tables, def)
+    }
+
     pub fn truncate(&self, name: &str) -> Result<(), CatalogError> {
         let tables = self.tables.read();
         let t = tables

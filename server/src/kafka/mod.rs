@@ -556,17 +556,26 @@ impl Kafka {
     }
 
     async fn produce(&self, req: ProduceRequest, v: i16) -> ProduceResponse {
+        // Every partition's append runs at once: each partition is its own
+        // log, so their writes and syncs overlap instead of queueing.
+        let mut appends = Vec::new();
+        for td in &req.topic_data {
+            let name = td.name.to_string();
+            for pd in &td.partition_data {
+                let data = pd.records.clone().unwrap_or_default();
+                let (name, index) = (name.clone(), pd.index);
+                appends.push(async move { self.append(&name, index, data).await });
+            }
+        }
+        let mut results = futures::future::join_all(appends).await.into_iter();
         let mut r = ProduceResponse::default();
         for td in req.topic_data {
-            let name = td.name.to_string();
             let mut tr = TopicProduceResponse::default();
             tr.name = td.name.clone();
             for pd in td.partition_data {
                 let mut pr = PartitionProduceResponse::default();
                 pr.index = pd.index;
-                let data = pd.records.unwrap_or_default();
-                let result = self.append(&name, pd.index, data).await;
-                match result {
+                match results.next().unwrap_or(Err(UNKNOWN_SERVER_ERROR)) {
                     Ok((base, start)) => {
                         pr.base_offset = base;
                         if v >= 5 {
