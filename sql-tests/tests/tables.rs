@@ -151,6 +151,28 @@ async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<
     assert!(p.contains("point_gets=0, range_scans=1"), "{p}");
     let p = plan("SELECT * FROM emp LIMIT 1").await?;
     assert!(p.contains("limit=1"), "{p}");
+    // Equalities on every column of a composite key make one get; on a
+    // prefix, one range.
+    let p = plan("SELECT amount FROM tx WHERE user_id = 1 AND ts = 2").await?;
+    assert!(p.contains("point_gets=1, range_scans=0"), "{p}");
+    let p = plan("SELECT amount FROM tx WHERE ts = 2 AND user_id = 1 AND amount > 0").await?;
+    assert!(p.contains("point_gets=1, range_scans=0"), "{p}");
+    let p = plan("SELECT amount FROM tx WHERE user_id = 1").await?;
+    assert!(p.contains("point_gets=0, range_scans=1"), "{p}");
+    let got: Vec<f64> = client
+        .query(
+            "SELECT amount FROM tx WHERE user_id = $1 AND ts = $2",
+            &[&1i32, &2i64],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, vec![2.0]);
+    let none = client
+        .query("SELECT amount FROM tx WHERE user_id = 1 AND ts = 9", &[])
+        .await?;
+    assert!(none.is_empty());
     // The scan is ordered by (user_id, ts): the window needs no sort.
     let p =
         plan("SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY ts) FROM tx").await?;

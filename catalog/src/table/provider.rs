@@ -249,15 +249,90 @@ impl RegionTable {
     /// What to read for these filters: `None` = everything.
     fn key_scans(&self, filters: &[Expr]) -> Option<Vec<KeyScan>> {
         let mut out: Option<Vec<KeyScan>> = None;
-        for f in filters {
-            if let Some(r) = self.filter_ranges(f) {
-                out = Some(match out {
-                    None => r,
-                    Some(prev) => intersect(&prev, &r),
-                });
-            }
+        let prefix = self.equality_prefix(filters).map(|p| vec![p]);
+        for r in filters
+            .iter()
+            .filter_map(|f| self.filter_ranges(f))
+            .chain(prefix)
+        {
+            out = Some(match out {
+                None => r,
+                Some(prev) => intersect(&prev, &r),
+            });
         }
         out
+    }
+
+    /// `key column = literal` (either way round): the key position and the
+    /// literal.
+    fn key_column_equal<'e>(&self, e: &'e Expr) -> Option<(usize, &'e ScalarValue)> {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = e
+        else {
+            return None;
+        };
+        let ((Expr::Column(col), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(col))) =
+            (left.as_ref(), right.as_ref())
+        else {
+            return None;
+        };
+        let j = self
+            .def
+            .key
+            .iter()
+            .position(|&k| self.def.columns[k].name == col.name)?;
+        Some((j, v))
+    }
+
+    /// Whether the filter holds an equality on a key column that
+    /// [`Self::equality_prefix`] can use.
+    fn key_equality(&self, f: &Expr) -> bool {
+        self.def.key.len() > 1
+            && datafusion::logical_expr::utils::split_conjunction(f)
+                .into_iter()
+                .any(|c| self.key_column_equal(c).is_some())
+    }
+
+    /// For a key of several columns: the rows that `key column = literal`
+    /// conjuncts on its first two or more columns allow (a point when they
+    /// name every key column).
+    fn equality_prefix(&self, filters: &[Expr]) -> Option<KeyScan> {
+        if self.def.key.len() < 2 {
+            return None;
+        }
+        let mut values: Vec<Option<&ScalarValue>> = vec![None; self.def.key.len()];
+        for f in filters {
+            for c in datafusion::logical_expr::utils::split_conjunction(f) {
+                if let Some((j, v)) = self.key_column_equal(c) {
+                    values[j] = Some(v);
+                }
+            }
+        }
+        let n = values.iter().take_while(|v| v.is_some()).count();
+        if n < 2 {
+            return None;
+        }
+        let mut key = Vec::new();
+        for (j, v) in values.iter().take(n).enumerate() {
+            let col = &self.def.columns[self.def.key[j]];
+            let array = (*v)?
+                .cast_to(&codec::arrow_type(col.ty))
+                .ok()?
+                .to_array()
+                .ok()?;
+            if !encode_key_value(&mut key, col.ty, &array, 0) {
+                return None;
+            }
+        }
+        Some(if n == self.def.key.len() {
+            KeyScan::Point(key)
+        } else {
+            let end = prefix_end(&key);
+            KeyScan::Range(key, end)
+        })
     }
 
     /// Families the columns need, the default family (row markers) first.
@@ -494,7 +569,7 @@ impl TableProvider for RegionTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if self.filter_ranges(f).is_some() {
+                if self.filter_ranges(f).is_some() || self.key_equality(f) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
