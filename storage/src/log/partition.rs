@@ -215,7 +215,6 @@ impl Partition {
     /// see them.
     pub fn append(&self, data: &[u8]) -> Result<Appended> {
         let headers = check_batches(data).map_err(StorageError::InvalidRecordBatch)?;
-        let mut buf = data.to_vec();
         let mut st = self.state.lock();
         if let Some(e) = &st.failed {
             return Err(StorageError::Poisoned(e.clone()));
@@ -253,14 +252,18 @@ impl Partition {
             }
         }
         let first = st.next_offset;
+        // The batches go straight into the pending buffer, where their base
+        // offsets are set: one copy of the producer's bytes.
+        let at = st.pending.len();
+        st.pending.extend_from_slice(data);
         let mut pos = 0usize;
         for h in &headers {
             let base = st.next_offset;
-            set_base_offset(&mut buf[pos..], base);
+            set_base_offset(&mut st.pending[at + pos..], base);
             let entry = Entry {
                 base,
                 last: base + i64::from(h.last_offset_delta),
-                pos: (st.pending.len() + pos) as u64,
+                pos: (at + pos) as u64,
                 size: h.size as u32,
                 max_ts: h.max_timestamp,
             };
@@ -279,7 +282,6 @@ impl Partition {
             st.next_offset = entry.last + 1;
             pos += h.size;
         }
-        st.pending.extend_from_slice(&buf);
         let upto = st.next_offset;
         loop {
             if st.high_watermark >= upto {
