@@ -69,11 +69,12 @@ pub struct FamilyOptions {
     /// Cells older than this are hidden and dropped by major compaction.
     pub ttl_ms: Option<u64>,
     pub bloom: BloomKind,
-    /// Target bytes of cells per Parquet row group (default 1 MiB): what
-    /// one get decodes, and the unit a scan reads. Smaller blocks make gets
-    /// cheaper and scans slower (64 KiB: about 3x the gets, a quarter of
-    /// the scan rate, measured by the engine benchmark).
+    /// Target bytes of cells per Parquet row group (default 1 MiB): the
+    /// unit a scan skips by row-key statistics. A get decodes one page
+    /// (at most 8 KiB or 256 cells) per column, found by the page index.
     pub block_size: usize,
+    /// Store-file compression (default LZ4: cheap to decode page by page,
+    /// with no per-page codec context as zstd needs).
     pub compression: Compression,
 }
 
@@ -84,7 +85,7 @@ impl Default for FamilyOptions {
             ttl_ms: None,
             bloom: BloomKind::Row,
             block_size: 1 << 20,
-            compression: Compression::Zstd,
+            compression: Compression::Lz4,
         }
     }
 }
