@@ -376,6 +376,23 @@ impl QueryHandler {
                 what: "COPY to a server-side file".into(),
             });
         }
+        // A read of one row by its whole key skips planning: one get.
+        if let Some(lookup) = tidebase_catalog::table::PointLookup::of(&plan) {
+            let schema = lookup.schema();
+            let batches = tokio::task::spawn_blocking(move || lookup.run())
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
+            let stream = futures::stream::iter(batches.into_iter().map(Ok));
+            let stream = Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    schema.clone(),
+                    stream,
+                ),
+            );
+            return Ok(Response::Query(
+                stream_response(&schema, stream, format, options).await?,
+            ));
+        }
         let tag = command_tag(&plan);
         let df = self.session.ctx.execute_logical_plan(plan.clone()).await?;
         if let Some(tag) = tag {

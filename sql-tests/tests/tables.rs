@@ -173,6 +173,48 @@ async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<
         .query("SELECT amount FROM tx WHERE user_id = 1 AND ts = 9", &[])
         .await?;
     assert!(none.is_empty());
+    // Whole-key lookups (answered by one get, without planning) agree with
+    // SQL: column order, literals of other types, deletes, single keys.
+    let row = client
+        .query_one(
+            "SELECT ts, amount, user_id FROM tx WHERE ts = 2 AND user_id = 1",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, f64>(1),
+            row.get::<_, i32>(2)
+        ),
+        (2, 2.0, 1)
+    );
+    let row = client
+        .query_one("SELECT amount FROM tx WHERE user_id = '2' AND ts = 1", &[])
+        .await?;
+    assert_eq!(row.get::<_, f64>(0), 3.0);
+    assert!(client
+        .query("SELECT amount FROM tx WHERE user_id = 1.5 AND ts = 2", &[])
+        .await?
+        .is_empty());
+    let name: String = client
+        .query_one("SELECT name FROM emp WHERE id = $1", &[&2i32])
+        .await?
+        .get(0);
+    assert_eq!(name, "b");
+    client
+        .execute("DELETE FROM tx WHERE user_id = 2 AND ts = 1", &[])
+        .await?;
+    assert!(client
+        .query(
+            "SELECT amount FROM tx WHERE user_id = $1 AND ts = $2",
+            &[&2i32, &1i64]
+        )
+        .await?
+        .is_empty());
+    client
+        .execute("INSERT INTO tx VALUES (2, 1, 3.0)", &[])
+        .await?;
     // The scan is ordered by (user_id, ts): the window needs no sort.
     let p =
         plan("SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY ts) FROM tx").await?;

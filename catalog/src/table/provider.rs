@@ -21,7 +21,9 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
+};
 use datafusion::physical_expr::{
     create_physical_expr, EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
 };
@@ -1022,6 +1024,93 @@ impl ExecutionPlan for RegionScanExec {
             self.schema.clone(),
             stream,
         )))
+    }
+}
+
+/// A query that reads one row by its whole key: `SELECT col, ... FROM t
+/// WHERE k1 = lit AND k2 = lit ...` over one region table, with nothing
+/// else in the plan. It runs as one get, without planning.
+pub struct PointLookup {
+    reader: PartitionReader,
+    key: Vec<u8>,
+}
+
+impl PointLookup {
+    /// Recognises the plan (before optimisation, parameters bound).
+    pub fn of(plan: &LogicalPlan) -> Option<PointLookup> {
+        let LogicalPlan::Projection(p) = plan else {
+            return None;
+        };
+        let LogicalPlan::Filter(f) = p.input.as_ref() else {
+            return None;
+        };
+        let LogicalPlan::TableScan(scan) = f.input.as_ref() else {
+            return None;
+        };
+        if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
+            return None;
+        }
+        let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+        let table = provider.downcast_ref::<RegionTable>()?;
+        // Every conjunct is an equality on a key column, each column once.
+        let conjuncts = datafusion::logical_expr::utils::split_conjunction(&f.predicate);
+        let mut seen = vec![false; table.def.key.len()];
+        for c in &conjuncts {
+            let (j, v) = table.key_column_equal(c)?;
+            // The literal must be exactly a value of the column's type
+            // (`int_key = 5.5` matches nothing; a cast would round it).
+            let ty = codec::arrow_type(table.def.columns[table.def.key[j]].ty);
+            let back = v
+                .cast_to(&ty)
+                .and_then(|x| x.cast_to(&v.data_type()))
+                .ok()?;
+            if &back != v || std::mem::replace(&mut seen[j], true) {
+                return None;
+            }
+        }
+        if seen.iter().any(|s| !s) {
+            return None;
+        }
+        let key = match table.key_scans(&[f.predicate.clone()])?.as_slice() {
+            [KeyScan::Point(k)] => k.clone(),
+            _ => return None,
+        };
+        let projection = p
+            .expr
+            .iter()
+            .map(|e| match e {
+                Expr::Column(c) => table.def.columns.iter().position(|col| col.name == c.name),
+                _ => None,
+            })
+            .collect::<Option<Vec<usize>>>()?;
+        Some(PointLookup {
+            reader: PartitionReader {
+                table: table.clone_with_as_of(),
+                families: table.families_for(&projection),
+                projection,
+                limit: None,
+                with_row_key: false,
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+                batch_size: 1,
+            },
+            key,
+        })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.reader.schema.clone()
+    }
+
+    /// The row, if it exists (blocking: it reads the store).
+    pub fn run(&self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        let mut emit = |b: RecordBatch| {
+            out.push(b);
+            true
+        };
+        self.reader
+            .read(&[KeyScan::Point(self.key.clone())], &mut emit)?;
+        Ok(out)
     }
 }
 
