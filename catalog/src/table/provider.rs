@@ -1071,7 +1071,10 @@ impl PointLookup {
         if seen.iter().any(|s| !s) {
             return None;
         }
-        let key = match table.key_scans(&[f.predicate.clone()])?.as_slice() {
+        let key = match table
+            .key_scans(std::slice::from_ref(&f.predicate))?
+            .as_slice()
+        {
             [KeyScan::Point(k)] => k.clone(),
             _ => return None,
         };
