@@ -11,7 +11,9 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
 use pgwire::api::results::Tag;
 use tidebase_catalog::storage::log::TopicConfig;
 use tidebase_catalog::table::codec::encode_key_value;
-use tidebase_catalog::table::ddl::{apply_options, set_option, split_family, table_def};
+use tidebase_catalog::table::ddl::{
+    apply_options, set_option, set_options, split_family, table_def,
+};
 use tidebase_catalog::table::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
 use tidebase_catalog::topic::TopicDef;
 use tidebase_catalog::CatalogError;
@@ -645,12 +647,7 @@ pub async fn execute(session: &Arc<Session>, cmd: &DdlCommand) -> Result<Tag, Qu
         DdlCommand::SetOptions { table, options } => {
             let mut def = existing(&table)?;
             let families = def.families.clone();
-            // Table-wide first, so per-family options override them.
-            let mut options = options;
-            options.sort_by_key(|(k, _)| k.contains('.'));
-            for (k, v) in &options {
-                set_option(&mut def, k, v)?;
-            }
+            set_options(&mut def, options)?;
             let s = schema.clone();
             if def.families == families {
                 blocking(Box::new(move || s.redefine(def))).await?;

@@ -465,22 +465,9 @@ impl Engine {
     /// Cells of rows in `[start, end)` (`end` empty = to the end), in key
     /// order, as Arrow batches of at most `batch_size` cells.
     pub fn scan(&self, table: &str, scan: &ScanOptions) -> Result<Vec<RecordBatch>> {
-        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
         let table = self.table(table)?;
-        let regions: Vec<Arc<Region>> = table
-            .regions
-            .read()
-            .iter()
-            .filter(|r| {
-                (end.is_empty() || r.start.as_slice() < end)
-                    && (r.end.is_empty() || r.end.as_slice() > start)
-            })
-            .cloned()
-            .collect();
-        let scan = ScanOptions {
-            read: self.inner.with_snapshot(&scan.read),
-            ..scan.clone()
-        };
+        let regions = overlapping(&table, &scan.start, &scan.end);
+        let scan = self.inner.at_snapshot(scan);
         let mut batches = Vec::new();
         for region in regions {
             batches.extend(self.scan_region_inner(&table, &region, &scan)?);
@@ -514,11 +501,7 @@ impl Engine {
             .find(|r| r.id == region)
             .cloned()
             .ok_or(StorageError::RegionNotFound(region))?;
-        let scan = ScanOptions {
-            read: self.inner.with_snapshot(&scan.read),
-            ..scan.clone()
-        };
-        self.scan_region_inner(&table, &r, &scan)
+        self.scan_region_inner(&table, &r, &self.inner.at_snapshot(scan))
     }
 
     /// Streaming scans of the regions that overlap `[start, end)`, in key
@@ -526,22 +509,9 @@ impl Engine {
     /// family name order), all at one snapshot. Regions can be read on
     /// different threads.
     pub fn scan_stores(&self, table: &str, scan: &ScanOptions) -> Result<Vec<Vec<StoreScan>>> {
-        let (start, end) = (scan.start.as_slice(), scan.end.as_slice());
         let table = self.table(table)?;
-        let regions: Vec<Arc<Region>> = table
-            .regions
-            .read()
-            .iter()
-            .filter(|r| {
-                (end.is_empty() || r.start.as_slice() < end)
-                    && (r.end.is_empty() || r.end.as_slice() > start)
-            })
-            .cloned()
-            .collect();
-        let scan = ScanOptions {
-            read: self.inner.with_snapshot(&scan.read),
-            ..scan.clone()
-        };
+        let regions = overlapping(&table, &scan.start, &scan.end);
+        let scan = self.inner.at_snapshot(scan);
         regions
             .iter()
             .map(|r| region_stores(&table, r, &scan))
@@ -712,6 +682,21 @@ fn selected<'a>(
                     family: f.to_string(),
                 })
         })
+        .collect()
+}
+
+/// The regions of `table` that overlap `[start, end)` (`end` empty = to
+/// the end), in key order.
+fn overlapping(table: &Table, start: &[u8], end: &[u8]) -> Vec<Arc<Region>> {
+    table
+        .regions
+        .read()
+        .iter()
+        .filter(|r| {
+            (end.is_empty() || r.start.as_slice() < end)
+                && (r.end.is_empty() || r.end.as_slice() > start)
+        })
+        .cloned()
         .collect()
 }
 
@@ -945,6 +930,14 @@ impl Inner {
         let mut r = read.clone();
         r.snapshot = r.snapshot.min(self.visible_seq());
         r
+    }
+
+    /// `scan` reading at the current snapshot (or its own, if older).
+    fn at_snapshot(&self, scan: &ScanOptions) -> ScanOptions {
+        ScanOptions {
+            read: self.with_snapshot(&scan.read),
+            ..scan.clone()
+        }
     }
 
     /// `Ok(Err(mutations))`: the table object was retired; nothing written.

@@ -42,4 +42,5 @@ pub use metrics::EngineMetrics;
 pub use options::{BloomKind, Compression, EngineOptions, FamilyOptions, SyncPolicy};
 pub use read::{now_ms, ReadOptions};
 pub use scan::StoreScan;
+pub use store_file::{hex, unhex};
 pub use wal::WalRecord;

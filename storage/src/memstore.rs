@@ -59,9 +59,7 @@ impl MemStore {
     /// Copies the cells whose row is in `[start, end)` (`end` empty = no end).
     pub fn range(&self, start: &[u8], end: &[u8]) -> Vec<Cell> {
         let cells = self.cells.read();
-        cells
-            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
-            .take_while(|(k, _)| end.is_empty() || k.row.as_slice() < end)
+        in_range(&cells, start, end)
             .map(|(k, v)| Cell {
                 key: k.clone(),
                 value: v.clone(),
@@ -78,10 +76,7 @@ impl MemStore {
     ) -> crate::error::Result<Option<RecordBatch>> {
         let cells = self.cells.read();
         let mut batch = CellBatchBuilder::default();
-        for (k, v) in cells
-            .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
-            .take_while(|(k, _)| end.is_empty() || k.row.as_slice() < end)
-        {
+        for (k, v) in in_range(&cells, start, end) {
             batch.append(&k.row, &k.qualifier, k.ts, k.seq, k.kind, v);
         }
         drop(cells);
@@ -90,6 +85,17 @@ impl MemStore {
         }
         batch.finish().map(Some)
     }
+}
+
+/// The cells whose row is in `[start, end)` (`end` empty = no end).
+fn in_range<'a>(
+    cells: &'a BTreeMap<CellKey, Vec<u8>>,
+    start: &[u8],
+    end: &'a [u8],
+) -> impl Iterator<Item = (&'a CellKey, &'a Vec<u8>)> {
+    cells
+        .range((Bound::Included(lower_bound(start)), Bound::Unbounded))
+        .take_while(move |(k, _)| end.is_empty() || k.row.as_slice() < end)
 }
 
 /// The smallest key of `row`.

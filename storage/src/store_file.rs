@@ -118,11 +118,14 @@ impl std::fmt::Debug for StoreFile {
     }
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
+/// Lower-case hex of bytes: how Tidebase's text formats (store-file
+/// metadata, manifest, topic configs, catalog definitions) spell binary.
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The bytes of an even-length hex string, or `None`.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -16,21 +16,7 @@ use datafusion::arrow::datatypes::{
 use super::SqlType;
 use crate::CatalogError;
 
-/// Lower-case hex of bytes: how the catalog's text formats spell binary.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The bytes of an even-length hex string, or `None`.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use tidebase_storage::{hex, unhex};
 
 fn corrupt(what: &str) -> CatalogError {
     CatalogError::Corrupt(what.to_string())

@@ -157,7 +157,15 @@ pub fn apply_options(def: &mut TableDef, options: &[SqlOption]) -> Result<(), Ca
             other => return Err(CatalogError::UnknownOption(other.to_string())),
         }
     }
-    // Table-wide first, so per-family options override them.
+    set_options(def, pairs)
+}
+
+/// Sets several options: table-wide ones first, so per-family options
+/// override them.
+pub fn set_options(
+    def: &mut TableDef,
+    mut pairs: Vec<(String, String)>,
+) -> Result<(), CatalogError> {
     pairs.sort_by_key(|(k, _)| k.contains('.'));
     for (key, value) in pairs {
         set_option(def, &key, &value)?;
