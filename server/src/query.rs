@@ -76,7 +76,7 @@ impl Planner {
         if let Some(cmd) = ddl::recognize(sql) {
             return Ok(Some(Prepared::Ddl(cmd?)));
         }
-        let sql = ddl::preprocess(sql);
+        let sql = tidebase_window::exclude::mark(&ddl::preprocess(sql));
         let mut statements = self.sql.parse(&sql)?;
         match statements.len() {
             0 => return Ok(None),
@@ -103,6 +103,7 @@ impl Planner {
             }
         }
         crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
+        tidebase_window::exclude::rewrite(&mut stmt)?;
         let state = self.session.ctx.state();
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(stmt)))

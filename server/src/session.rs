@@ -21,6 +21,7 @@ impl Session {
     pub fn new(id: u64, catalog: &Arc<Catalog>) -> Self {
         let settings = SessionSettings::default();
         let ctx = catalog.new_session(settings.clone());
+        tidebase_window::exclude::register(&ctx);
         Self {
             id,
             ctx,

@@ -24,6 +24,7 @@
 //! DataFusion window expression, so they give the same answers.
 
 pub mod example;
+pub mod exclude;
 
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
