@@ -50,6 +50,8 @@ pub enum Prepared {
 pub struct PlannedStatement {
     plan: LogicalPlan,
     params: Vec<DataType>,
+    /// PostgreSQL's names for the result columns, sent in RowDescription.
+    names: crate::rewrite::ColumnNames,
 }
 
 /// Settings whose changes PostgreSQL reports to the client.
@@ -103,6 +105,7 @@ impl Planner {
             }
         }
         crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
+        let names = crate::rewrite::ColumnNames::of(&stmt);
         tidebase_window::exclude::rewrite(&mut stmt)?;
         let state = self.session.ctx.state();
         let plan = state
@@ -113,6 +116,7 @@ impl Planner {
         Ok(Some(Prepared::Plan(Box::new(PlannedStatement {
             plan,
             params,
+            names,
         }))))
     }
 }
@@ -248,7 +252,7 @@ fn result_fields(prepared: &Prepared, format: &Format) -> PgWireResult<Vec<Field
             .collect()),
         Prepared::Session(_) | Prepared::Ddl(_) | Prepared::Copy(_) => Ok(vec![]),
         Prepared::Plan(p) if returns_rows(&p.plan) => {
-            arrow_schema_to_pg_fields(p.plan.schema().as_arrow(), format, None)
+            arrow_schema_to_pg_fields(&p.names.apply(p.plan.schema().as_arrow()), format, None)
         }
         Prepared::Plan(_) => Ok(vec![]),
     }
@@ -361,7 +365,8 @@ impl QueryHandler {
             }
             Prepared::Plan(p) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                self.run_plan(p.plan.clone(), format, options).await
+                self.run_plan(p.plan.clone(), &p.names, format, options)
+                    .await
             }
         }
     }
@@ -369,6 +374,7 @@ impl QueryHandler {
     async fn run_plan(
         &self,
         plan: LogicalPlan,
+        names: &crate::rewrite::ColumnNames,
         format: &Format,
         options: Arc<FormatOptions>,
     ) -> Result<Response, QueryError> {
@@ -380,6 +386,7 @@ impl QueryHandler {
         // A read of one row by its whole key skips planning: one get.
         if let Some(lookup) = tidebase_catalog::table::PointLookup::of(&plan) {
             let schema = lookup.schema();
+            let renamed = names.apply(&schema);
             let batches = tokio::task::spawn_blocking(move || lookup.run())
                 .await
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
@@ -391,7 +398,7 @@ impl QueryHandler {
                 ),
             );
             return Ok(Response::Query(
-                stream_response(&schema, stream, format, options).await?,
+                stream_response(&renamed, stream, format, options).await?,
             ));
         }
         let tag = command_tag(&plan);
@@ -413,7 +420,7 @@ impl QueryHandler {
             };
             return Ok(Response::Execution(tag));
         }
-        let schema = df.schema().as_arrow().clone();
+        let schema = names.apply(df.schema().as_arrow());
         let stream = df.execute_stream().await?;
         Ok(Response::Query(
             stream_response(&schema, stream, format, options).await?,
@@ -702,7 +709,7 @@ impl ExtendedQueryHandler for QueryHandler {
                     .replace_params_with_values(&values)
                     .map_err(QueryError::from)?;
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                self.run_plan(plan, format, options).await
+                self.run_plan(plan, &p.names, format, options).await
             }
             other => self.execute(client, other, format).await,
         };

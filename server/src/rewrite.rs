@@ -3,10 +3,11 @@
 
 use std::ops::ControlFlow;
 
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement, VisitMut,
-    VisitorMut,
+    DataType, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, GroupByExpr, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr,
+    Statement, VisitMut, VisitorMut,
 };
 
 /// Aggregates whose presence means a scalar subquery already returns one row.
@@ -155,6 +156,167 @@ fn first_value(arg: Expr) -> Expr {
     })
 }
 
+/// The names PostgreSQL gives a query's result columns where they differ
+/// from DataFusion's: an unaliased `count(*)` is `count`, `sum(x) OVER
+/// (...)` is `sum`, `x::int` is `x`, `'1'::int` is `int4`, `CASE ...` is
+/// `case`, other expressions `?column?`. A `*` in the select list stands
+/// for any number of columns, so the names after it count from the end.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ColumnNames {
+    leading: Vec<Option<String>>,
+    trailing: Vec<Option<String>>,
+}
+
+impl ColumnNames {
+    /// The names of a statement's result columns (none for other statements).
+    pub fn of(stmt: &Statement) -> Self {
+        let Statement::Query(query) = stmt else {
+            return Self::default();
+        };
+        let mut body = query.body.as_ref();
+        let select = loop {
+            match body {
+                SetExpr::Select(s) => break s,
+                SetExpr::SetOperation { left, .. } => body = left,
+                SetExpr::Query(q) => body = q.body.as_ref(),
+                _ => return Self::default(),
+            }
+        };
+        let mut names = Self::default();
+        let mut after_wildcard = false;
+        for item in &select.projection {
+            let name = match item {
+                SelectItem::UnnamedExpr(e) => Some(figure(e)),
+                SelectItem::ExprWithAlias { .. } | SelectItem::ExprWithAliases { .. } => None,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    if after_wildcard {
+                        // Two wildcards: the columns between cannot be told apart.
+                        names.trailing.clear();
+                        return names;
+                    }
+                    after_wildcard = true;
+                    continue;
+                }
+            };
+            if after_wildcard {
+                names.trailing.push(name);
+            } else {
+                names.leading.push(name);
+            }
+        }
+        names
+    }
+
+    /// Renames the fields of a result schema.
+    pub fn apply(&self, schema: &Schema) -> Schema {
+        let n = schema.fields().len();
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let name = if i < self.leading.len() {
+                    self.leading[i].as_ref()
+                } else if n - i <= self.trailing.len() {
+                    self.trailing[self.trailing.len() - (n - i)].as_ref()
+                } else {
+                    None
+                };
+                match name {
+                    Some(name) => f.as_ref().clone().with_name(name),
+                    None => f.as_ref().clone(),
+                }
+            })
+            .collect();
+        Schema::new_with_metadata(fields, schema.metadata().clone())
+    }
+}
+
+/// PostgreSQL's name for an unaliased select-list expression (its
+/// `FigureColname`).
+fn figure(e: &Expr) -> String {
+    figure_inner(e).unwrap_or_else(|| "?column?".to_string())
+}
+
+fn ident_name(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+fn figure_inner(e: &Expr) -> Option<String> {
+    Some(match e {
+        Expr::Identifier(i) => ident_name(i),
+        Expr::CompoundIdentifier(parts) => ident_name(parts.last()?),
+        Expr::Function(f) => match f.name.0.last()? {
+            ObjectNamePart::Identifier(i) => ident_name(i),
+            other => other.to_string().to_lowercase(),
+        },
+        Expr::Nested(inner) | Expr::Collate { expr: inner, .. } => return figure_inner(inner),
+        Expr::Cast {
+            expr, data_type, ..
+        } => match figure_inner(expr) {
+            Some(name) => name,
+            None => type_name(data_type),
+        },
+        Expr::TypedString(t) => type_name(&t.data_type),
+        Expr::Case { .. } => "case".into(),
+        Expr::Exists { .. } => "exists".into(),
+        Expr::Array(_) => "array".into(),
+        Expr::Interval(_) => "interval".into(),
+        Expr::Extract { .. } => "extract".into(),
+        Expr::Substring { .. } => "substring".into(),
+        Expr::Position { .. } => "position".into(),
+        Expr::Overlay { .. } => "overlay".into(),
+        Expr::Trim { .. } => "btrim".into(),
+        Expr::Ceil { .. } => "ceil".into(),
+        Expr::Floor { .. } => "floor".into(),
+        Expr::AtTimeZone { .. } => "timezone".into(),
+        Expr::Subquery(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => match s.projection.first()? {
+                SelectItem::UnnamedExpr(e) => return figure_inner(e),
+                SelectItem::ExprWithAlias { alias, .. } => ident_name(alias),
+                _ => return None,
+            },
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// PostgreSQL's internal name of a type, which names a cast's column.
+fn type_name(t: &DataType) -> String {
+    use DataType as T;
+    match t {
+        T::Int(_) | T::Integer(_) | T::Int4(_) => "int4",
+        T::BigInt(_) | T::Int8(_) => "int8",
+        T::SmallInt(_) | T::Int2(_) => "int2",
+        T::Real | T::Float4 => "float4",
+        T::Double(_) | T::DoublePrecision | T::Float8 | T::Float(_) => "float8",
+        T::Boolean | T::Bool => "bool",
+        T::Text | T::String(_) => "text",
+        T::Varchar(_) | T::CharacterVarying(_) => "varchar",
+        T::Char(_) | T::Character(_) => "bpchar",
+        T::Numeric(_) | T::Decimal(_) => "numeric",
+        T::Date => "date",
+        T::Timestamp(_, tz) => match tz {
+            datafusion::sql::sqlparser::ast::TimezoneInfo::WithTimeZone
+            | datafusion::sql::sqlparser::ast::TimezoneInfo::Tz => "timestamptz",
+            _ => "timestamp",
+        },
+        T::Time(..) => "time",
+        T::Interval { .. } => "interval",
+        T::Bytea => "bytea",
+        T::JSON => "json",
+        T::JSONB => "jsonb",
+        T::Uuid => "uuid",
+        other => return other.to_string().to_lowercase(),
+    }
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +329,37 @@ mod tests {
             .remove(0);
         aggregate_scalar_subqueries(&mut stmt);
         stmt.to_string()
+    }
+
+    fn names(sql: &str) -> ColumnNames {
+        ColumnNames::of(&Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap()[0])
+    }
+
+    #[test]
+    fn result_columns_are_named_as_postgresql_names_them() {
+        let n = |v: &[Option<&str>]| v.iter().map(|s| s.map(String::from)).collect::<Vec<_>>();
+        assert_eq!(
+            names("SELECT count(*), x, t.y, sum(x) OVER (ORDER BY y), x::int, '1'::int, 1 + 1, CASE WHEN x THEN 1 END, pg_catalog.upper(z) AS u, DATE '2024-01-01', (SELECT max(a) FROM b) FROM t").leading,
+            n(&[Some("count"), Some("x"), Some("y"), Some("sum"), Some("x"), Some("int4"), Some("?column?"), Some("case"), None, Some("date"), Some("max")])
+        );
+        let wild = names("SELECT a, *, rank() OVER () FROM t");
+        assert_eq!(wild.leading, n(&[Some("a")]));
+        assert_eq!(wild.trailing, n(&[Some("rank")]));
+        let schema = Schema::new(
+            [
+                "a",
+                "b",
+                "c",
+                "rank() ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING",
+            ]
+            .iter()
+            .map(|f| Field::new(*f, datafusion::arrow::datatypes::DataType::Int64, true))
+            .collect::<Vec<_>>(),
+        );
+        let renamed = wild.apply(&schema);
+        let got: Vec<&str> = renamed.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(got, ["a", "b", "c", "rank"]);
+        assert_eq!(names("INSERT INTO t VALUES (1)"), ColumnNames::default());
     }
 
     #[test]

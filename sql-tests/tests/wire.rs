@@ -278,3 +278,38 @@ async fn startup_parameters_reach_the_session() -> anyhow::Result<()> {
     assert_eq!(value.as_deref(), Some("wiretest"));
     server.stop().await
 }
+
+#[tokio::test]
+async fn result_columns_carry_postgresql_names() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (client, conn) = tokio_postgres::connect(&server.conn_str(), NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TABLE names_t (id INT PRIMARY KEY, x INT); INSERT INTO names_t VALUES (1, 2), (2, 2)")
+        .await?;
+    let sql = "SELECT id, count(*) OVER (), sum(x) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE CURRENT ROW), \
+               x::bigint, '7'::int, id + 1, rank() OVER (ORDER BY x), sum(x) OVER () AS total FROM names_t ORDER BY id";
+    let expected = ["id", "count", "sum", "x", "int4", "?column?", "rank", "total"];
+    // Extended protocol: RowDescription of the prepared statement.
+    let stmt = client.prepare(sql).await?;
+    let got: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(got, expected);
+    let rows = client.query(&stmt, &[]).await?;
+    assert_eq!(rows.len(), 2);
+    let sum: Option<i64> = rows[0].get(2);
+    assert_eq!(sum, Some(2));
+    // Simple protocol, with duplicate names as PostgreSQL allows them.
+    let messages = client
+        .simple_query("SELECT count(*), count(x), max(id) FROM names_t")
+        .await?;
+    let columns = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::RowDescription(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("row description");
+    let got: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+    assert_eq!(got, ["count", "count", "max"]);
+    server.stop().await
+}

@@ -44,8 +44,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, NamedWindowExpr,
-    ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr, Statement, Value, VisitMut,
-    VisitorMut, WindowSpec, WindowType,
+    ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, Value, VisitMut, VisitorMut,
+    WindowSpec, WindowType,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -452,60 +452,7 @@ impl VisitorMut for Rewriter {
             }
         });
         self.scopes.push(windows);
-        // A rewritten call at the top of a select item keeps the function's
-        // name as the column name, as PostgreSQL names it, unless another
-        // column would get the same name (DataFusion wants unique names).
-        let mut failed = None;
-        for_each_select(&mut query.body, &mut |select| {
-            let mut names: Vec<Option<String>> = Vec::new();
-            for item in &select.projection {
-                let name = match item {
-                    SelectItem::UnnamedExpr(Expr::Function(f)) => {
-                        match self.rewrite_call(&mut f.clone()) {
-                            Ok(name) => name,
-                            Err(e) => {
-                                failed = Some(e);
-                                None
-                            }
-                        }
-                    }
-                    _ => None,
-                };
-                names.push(name);
-            }
-            let taken = |n: &str| {
-                select.projection.iter().any(|item| match item {
-                    SelectItem::ExprWithAlias { alias, .. } => alias.value.eq_ignore_ascii_case(n),
-                    SelectItem::UnnamedExpr(Expr::Identifier(i)) => i.value.eq_ignore_ascii_case(n),
-                    _ => false,
-                })
-            };
-            let unique: Vec<bool> = names
-                .iter()
-                .map(|n| {
-                    n.as_ref().is_some_and(|n| {
-                        names
-                            .iter()
-                            .filter(|m| m.as_deref() == Some(n.as_str()))
-                            .count()
-                            == 1
-                            && !taken(n)
-                    })
-                })
-                .collect();
-            for ((item, name), unique) in select.projection.iter_mut().zip(names).zip(unique) {
-                if let (true, Some(name), SelectItem::UnnamedExpr(expr)) = (unique, name, &*item) {
-                    *item = SelectItem::ExprWithAlias {
-                        expr: expr.clone(),
-                        alias: Ident::new(name),
-                    };
-                }
-            }
-        });
-        match failed {
-            Some(e) => ControlFlow::Break(e),
-            None => ControlFlow::Continue(()),
-        }
+        ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<DataFusionError> {
@@ -795,10 +742,10 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_spells_out_the_window_and_names_the_column() {
+    fn rewrite_spells_out_the_window() {
         assert_eq!(
             rewritten("SELECT count(*) FILTER (WHERE a > 1) OVER w, rank() OVER w FROM t WINDOW w AS (PARTITION BY g ORDER BY id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW)"),
-            "SELECT tidebase_exclude_current_row_count(CASE WHEN a > 1 THEN 1 END) OVER (PARTITION BY g ORDER BY id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS count, rank() OVER w FROM t WINDOW w AS (PARTITION BY g ORDER BY id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
+            "SELECT tidebase_exclude_current_row_count(CASE WHEN a > 1 THEN 1 END) OVER (PARTITION BY g ORDER BY id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW), rank() OVER w FROM t WINDOW w AS (PARTITION BY g ORDER BY id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
         );
         assert_eq!(
             rewritten("SELECT 1 + sum(a) OVER (w ROWS CURRENT ROW EXCLUDE TIES) FROM t WINDOW w AS (ORDER BY id)"),
