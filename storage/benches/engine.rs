@@ -91,15 +91,36 @@ fn rate(ops: u64, elapsed: Duration) -> f64 {
 }
 
 /// Gets of `ops` keys from `key(i)`, returns (gets/s, rows found).
-fn gets(e: &Engine, ops: u64, key: impl Fn(u64) -> Vec<u8>) -> (f64, u64) {
-    let read = ReadOptions::default();
-    let mut found = 0;
+fn gets(e: &Engine, ops: u64, key: impl Fn(u64) -> Vec<u8> + Sync) -> (f64, u64) {
+    gets_on(e, 1, ops, key)
+}
+
+/// The same on `threads` threads, each taking every `threads`-th key.
+fn gets_on(
+    e: &Engine,
+    threads: u64,
+    ops: u64,
+    key: impl Fn(u64) -> Vec<u8> + Sync,
+) -> (f64, u64) {
     let started = Instant::now();
-    for i in 0..ops {
-        if !e.get("t", &key(i), &[], &read).expect("get").is_empty() {
-            found += 1;
-        }
-    }
+    let found: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let key = &key;
+                s.spawn(move || {
+                    let read = ReadOptions::default();
+                    let mut found = 0;
+                    for i in (t..ops).step_by(threads as usize) {
+                        if !e.get("t", &key(i), &[], &read).expect("get").is_empty() {
+                            found += 1;
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("get thread")).sum()
+    });
     (rate(ops, started.elapsed()), found)
 }
 
@@ -197,6 +218,9 @@ fn main() {
     let (r, found) = gets(&e, ops, |i| random_key(u64::MAX - i));
     assert_eq!(found, 0, "no missing key is found");
     println!("  memstore  missing {:>10} gets/s", human(r));
+    let (r, found) = gets_on(&e, 2, ops, |i| random_key(u64::MAX - i));
+    assert_eq!(found, 0);
+    println!("  memstore  missing {:>10} gets/s on 2 threads", human(r));
     e.flush("t").expect("flush");
     e.compact("t", true).expect("compact");
     let before = e.metrics();
@@ -215,6 +239,12 @@ fn main() {
         after.bloom_negatives - mid.bloom_negatives
     );
     let _ = before;
+    let (r, found) = gets_on(&e, 2, ops, |i| random_key(u64::MAX - i));
+    assert_eq!(found, 0);
+    println!("  files     missing {:>10} gets/s on 2 threads", human(r));
+    let (r, found) = gets_on(&e, 2, file_ops, |i| random_key((i * 7919) % 1_000_000));
+    assert_eq!(found, file_ops);
+    println!("  files     present {:>10} gets/s on 2 threads", human(r));
     drop(e);
 
     println!();

@@ -25,6 +25,7 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use parquet::file::statistics::Statistics;
 
 use crate::bloom::Bloom;
@@ -229,6 +230,12 @@ fn write_tmp(
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS / 2)
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Row keys and values are mostly distinct: a dictionary would have
+        // to be decoded whole (up to a MiB per row group) before a get could
+        // read its one page. Qualifiers, timestamps and kinds repeat and keep
+        // theirs.
+        .set_column_dictionary_enabled(ColumnPath::from("row"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
         .build();
     let file = File::create(tmp).map_err(io(tmp))?;
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
