@@ -2,9 +2,11 @@
 //!
 //! `datafusion-pg-catalog` serves most of `pg_catalog`, computing `pg_class`,
 //! `pg_attribute` and `pg_namespace` from the live catalog tree. Its
-//! `pg_constraint` and `pg_index` are static, so user tables would show no
-//! primary key. This overlay answers those two relations from the tables'
-//! declared constraints, with the OIDs that `pg_class` hands out, and passes
+//! `pg_constraint`, `pg_index` and `pg_description` are static, so user
+//! tables would show no primary key and no column comments. This overlay
+//! answers those relations from the tables' declared constraints and column
+//! families (each column of a region table is described as `row key` or
+//! `family <name>`), with the OIDs that `pg_class` hands out, and passes
 //! every other name through.
 
 use std::collections::HashMap;
@@ -52,6 +54,9 @@ struct KeyedTable {
     name: String,
     /// 1-based column numbers, as in `pg_attribute.attnum`.
     key_columns: Vec<i16>,
+    /// Each column's comment (`row key`, `family personal`), for region
+    /// tables; by column number - 1.
+    descriptions: Vec<String>,
 }
 
 #[async_trait]
@@ -65,6 +70,7 @@ impl SchemaProvider for PgCatalogOverlay {
         let kind = match lower.as_str() {
             "pg_constraint" => KeyRelation::Constraint,
             "pg_index" => KeyRelation::Index,
+            "pg_description" => KeyRelation::Description,
             _ => return self.inner.table(name).await,
         };
         let Some(base) = self.inner.table(&lower).await? else {
@@ -102,22 +108,41 @@ impl PgCatalogOverlay {
                 let Some(table) = schema.table(&table_name).await? else {
                     continue;
                 };
-                let Some(constraints) = table.constraints() else {
-                    continue;
-                };
-                for c in constraints.iter() {
-                    if let Constraint::PrimaryKey(cols) = c {
-                        let key_columns = cols
+                let descriptions: Vec<String> = table
+                    .downcast_ref::<crate::table::RegionTable>()
+                    .map(|t| {
+                        t.def
+                            .columns
                             .iter()
-                            .map(|i| i16::try_from(*i + 1).unwrap_or(i16::MAX))
-                            .collect();
-                        out.push(KeyedTable {
-                            schema: schema_name.clone(),
-                            name: table_name.clone(),
-                            key_columns,
-                        });
-                    }
+                            .map(|c| match c.family.as_str() {
+                                "" => "row key".to_string(),
+                                f => format!("family {f}"),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let key_columns = table
+                    .constraints()
+                    .and_then(|cs| {
+                        cs.iter().find_map(|c| match c {
+                            Constraint::PrimaryKey(cols) => Some(
+                                cols.iter()
+                                    .map(|i| i16::try_from(*i + 1).unwrap_or(i16::MAX))
+                                    .collect::<Vec<_>>(),
+                            ),
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or_default();
+                if key_columns.is_empty() && descriptions.is_empty() {
+                    continue;
                 }
+                out.push(KeyedTable {
+                    schema: schema_name.clone(),
+                    name: table_name.clone(),
+                    key_columns,
+                    descriptions,
+                });
             }
         }
         Ok(out)
@@ -157,10 +182,12 @@ impl PgCatalogOverlay {
 enum KeyRelation {
     Constraint,
     Index,
+    Description,
 }
 
-/// `pg_constraint` or `pg_index`: the static rows plus one row per user
-/// table with a primary key, computed at scan time.
+/// `pg_constraint`, `pg_index` or `pg_description`: the static rows plus
+/// rows for user tables (primary keys, column comments), computed at scan
+/// time.
 #[derive(Debug)]
 struct KeyTable {
     kind: KeyRelation,
@@ -172,7 +199,7 @@ struct KeyTable {
 impl TableProvider for KeyTable {
     fn schema(&self) -> SchemaRef {
         match self.kind {
-            KeyRelation::Constraint => self.base.schema(),
+            KeyRelation::Constraint | KeyRelation::Description => self.base.schema(),
             KeyRelation::Index => with_int2_vector(&self.base.schema(), "indkey"),
         }
     }
@@ -194,6 +221,7 @@ impl TableProvider for KeyTable {
         let batch = match self.kind {
             KeyRelation::Constraint => constraint_rows(&schema, &keyed, &oids)?,
             KeyRelation::Index => index_rows(&schema, &keyed, &oids)?,
+            KeyRelation::Description => description_rows(&schema, &keyed, &oids)?,
         };
         let ctx = SessionContext::new();
         let mut batches = ctx
@@ -300,6 +328,7 @@ fn constraint_rows(
 ) -> Result<RecordBatch> {
     let rows: Vec<HashMap<&str, ScalarValue>> = keyed
         .iter()
+        .filter(|t| !t.key_columns.is_empty())
         .filter_map(|t| {
             let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
             Some(HashMap::from([
@@ -328,6 +357,34 @@ fn constraint_rows(
     build_batch(schema, &rows)
 }
 
+/// `pg_class`'s OID, the `classoid` of a relation's comments.
+const PG_CLASS_OID: i32 = 1259;
+
+fn description_rows(
+    schema: &SchemaRef,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let mut rows: Vec<HashMap<&str, ScalarValue>> = Vec::new();
+    for t in keyed {
+        let Some((oid, _)) = oids.get(&(t.schema.clone(), t.name.clone())) else {
+            continue;
+        };
+        for (i, d) in t.descriptions.iter().enumerate() {
+            rows.push(HashMap::from([
+                ("objoid", ScalarValue::Int32(Some(*oid))),
+                ("classoid", ScalarValue::Int32(Some(PG_CLASS_OID))),
+                (
+                    "objsubid",
+                    ScalarValue::Int32(Some(i32::try_from(i + 1).unwrap_or(i32::MAX))),
+                ),
+                ("description", ScalarValue::Utf8(Some(d.clone()))),
+            ]));
+        }
+    }
+    build_batch(schema, &rows)
+}
+
 fn index_rows(
     schema: &SchemaRef,
     keyed: &[KeyedTable],
@@ -335,6 +392,7 @@ fn index_rows(
 ) -> Result<RecordBatch> {
     let rows: Vec<HashMap<&str, ScalarValue>> = keyed
         .iter()
+        .filter(|t| !t.key_columns.is_empty())
         .filter_map(|t| {
             let (oid, _) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
             let n = i16::try_from(t.key_columns.len()).unwrap_or(i16::MAX);

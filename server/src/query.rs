@@ -387,9 +387,10 @@ impl QueryHandler {
         if let Some(lookup) = tidebase_catalog::table::PointLookup::of(&plan) {
             let schema = lookup.schema();
             let renamed = names.apply(&schema);
-            let batches = tokio::task::spawn_blocking(move || lookup.run())
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
+            // One get reads at most one page per column of each file whose
+            // bloom filter lets the row through: run it here, as handing it
+            // to a blocking thread costs more than the read.
+            let batches = lookup.run()?;
             let stream = futures::stream::iter(batches.into_iter().map(Ok));
             let stream = Box::pin(
                 datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(

@@ -39,6 +39,14 @@ pub fn aggregate_scalar_subqueries(stmt: &mut Statement) {
     impl VisitorMut for Rewriter {
         type Break = ();
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            if let Some(replacement) = no_reloptions(expr) {
+                *expr = replacement;
+                return ControlFlow::Continue(());
+            }
+            if let Some(replacement) = col_description(expr) {
+                *expr = replacement;
+                return ControlFlow::Continue(());
+            }
             if let Some(replacement) = generate_subscripts(expr) {
                 *expr = replacement;
                 return ControlFlow::Continue(());
@@ -125,6 +133,64 @@ fn generate_subscripts(expr: &Expr) -> Option<Expr> {
         return None;
     };
     let sql = format!("unnest(range(1, CAST(array_length({array}, {dim}) AS BIGINT) + 1))");
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(&sql)
+    .ok()?
+    .parse_expr()
+    .ok()
+}
+
+/// psql's `\d+` lists a table's storage options with
+/// `array_to_string(c.reloptions || array(SELECT ... unnest(tc.reloptions)), ', ')`.
+/// Tidebase relations have no storage parameters (their options are shown
+/// by `tidebase.regions` and the families' comments), so `pg_class` has no
+/// `reloptions` and the list is empty, as PostgreSQL prints it for a table
+/// without options.
+fn no_reloptions(expr: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    if name != "array_to_string" && name != "pg_catalog.array_to_string" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let first = list.args.first()?.to_string().to_ascii_lowercase();
+    first.contains("reloptions").then(|| {
+        Expr::Value(
+            datafusion::sql::sqlparser::ast::Value::SingleQuotedString(String::new()).into(),
+        )
+    })
+}
+
+/// `col_description(relation, column)` (psql's `\d+` shows it as the
+/// column's Description) as a look-up in `pg_description`, which holds each
+/// region-table column's family.
+fn col_description(expr: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    if name != "col_description" && name != "pg_catalog.col_description" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(relation)), FunctionArg::Unnamed(FunctionArgExpr::Expr(column))] =
+        list.args.as_slice()
+    else {
+        return None;
+    };
+    let sql = format!(
+        "(SELECT max(tb_d.description) FROM pg_catalog.pg_description tb_d \
+         WHERE tb_d.objoid = CAST({relation} AS INT) AND tb_d.objsubid = CAST({column} AS INT) \
+         AND tb_d.classoid = 1259)"
+    );
     datafusion::sql::sqlparser::parser::Parser::new(
         &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
     )

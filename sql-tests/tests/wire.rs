@@ -289,7 +289,9 @@ async fn result_columns_carry_postgresql_names() -> anyhow::Result<()> {
         .await?;
     let sql = "SELECT id, count(*) OVER (), sum(x) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE CURRENT ROW), \
                x::bigint, '7'::int, id + 1, rank() OVER (ORDER BY x), sum(x) OVER () AS total FROM names_t ORDER BY id";
-    let expected = ["id", "count", "sum", "x", "int4", "?column?", "rank", "total"];
+    let expected = [
+        "id", "count", "sum", "x", "int4", "?column?", "rank", "total",
+    ];
     // Extended protocol: RowDescription of the prepared statement.
     let stmt = client.prepare(sql).await?;
     let got: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();

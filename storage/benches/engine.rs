@@ -96,12 +96,7 @@ fn gets(e: &Engine, ops: u64, key: impl Fn(u64) -> Vec<u8> + Sync) -> (f64, u64)
 }
 
 /// The same on `threads` threads, each taking every `threads`-th key.
-fn gets_on(
-    e: &Engine,
-    threads: u64,
-    ops: u64,
-    key: impl Fn(u64) -> Vec<u8> + Sync,
-) -> (f64, u64) {
+fn gets_on(e: &Engine, threads: u64, ops: u64, key: impl Fn(u64) -> Vec<u8> + Sync) -> (f64, u64) {
     let started = Instant::now();
     let found: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -119,7 +114,10 @@ fn gets_on(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("get thread")).sum()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("get thread"))
+            .sum()
     });
     (rate(ops, started.elapsed()), found)
 }
