@@ -27,6 +27,7 @@ mod error;
 mod functions;
 mod json_build_object;
 mod pg_overlay;
+pub use pg_overlay::INDEX_DEFS;
 mod settings;
 pub mod table;
 pub mod topic;

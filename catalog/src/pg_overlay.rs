@@ -57,6 +57,8 @@ struct KeyedTable {
     /// Each column's comment (`row key`, `family personal`), for region
     /// tables; by column number - 1.
     descriptions: Vec<String>,
+    /// Column names, by column number - 1.
+    column_names: Vec<String>,
 }
 
 #[async_trait]
@@ -71,6 +73,14 @@ impl SchemaProvider for PgCatalogOverlay {
             "pg_constraint" => KeyRelation::Constraint,
             "pg_index" => KeyRelation::Index,
             "pg_description" => KeyRelation::Description,
+            "pg_class" => KeyRelation::Class,
+            INDEX_DEFS => {
+                return Ok(Some(Arc::new(KeyTable {
+                    kind: KeyRelation::IndexDefs,
+                    base: Arc::new(MemTable::try_new(index_defs_schema(), vec![vec![]])?),
+                    overlay: self.clone(),
+                })))
+            }
             _ => return self.inner.table(name).await,
         };
         let Some(base) = self.inner.table(&lower).await? else {
@@ -137,11 +147,18 @@ impl PgCatalogOverlay {
                 if key_columns.is_empty() && descriptions.is_empty() {
                     continue;
                 }
+                let column_names = table
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
                 out.push(KeyedTable {
                     schema: schema_name.clone(),
                     name: table_name.clone(),
                     key_columns,
                     descriptions,
+                    column_names,
                 });
             }
         }
@@ -183,6 +200,24 @@ enum KeyRelation {
     Constraint,
     Index,
     Description,
+    /// `pg_class` with `relhasindex` set for keyed tables and one row per
+    /// primary-key index, so psql's `\d` lists the key under "Indexes:".
+    Class,
+    /// [`INDEX_DEFS`].
+    IndexDefs,
+}
+
+/// A relation of `pg_catalog` only Tidebase has: each primary-key index's
+/// OID with its `pg_get_indexdef` and `pg_get_constraintdef` texts, which
+/// the server's rewrite of those two functions reads.
+pub const INDEX_DEFS: &str = "tidebase_index_defs";
+
+fn index_defs_schema() -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        Field::new("oid", DataType::Int32, false),
+        Field::new("indexdef", DataType::Utf8, false),
+        Field::new("constraintdef", DataType::Utf8, false),
+    ]))
 }
 
 /// `pg_constraint`, `pg_index` or `pg_description`: the static rows plus
@@ -199,7 +234,10 @@ struct KeyTable {
 impl TableProvider for KeyTable {
     fn schema(&self) -> SchemaRef {
         match self.kind {
-            KeyRelation::Constraint | KeyRelation::Description => self.base.schema(),
+            KeyRelation::Constraint
+            | KeyRelation::Description
+            | KeyRelation::Class
+            | KeyRelation::IndexDefs => self.base.schema(),
             KeyRelation::Index => with_int2_vector(&self.base.schema(), "indkey"),
         }
     }
@@ -222,6 +260,8 @@ impl TableProvider for KeyTable {
             KeyRelation::Constraint => constraint_rows(&schema, &keyed, &oids)?,
             KeyRelation::Index => index_rows(&schema, &keyed, &oids)?,
             KeyRelation::Description => description_rows(&schema, &keyed, &oids)?,
+            KeyRelation::Class => index_class_rows(&schema, &keyed, &oids)?,
+            KeyRelation::IndexDefs => index_def_rows(&schema, &keyed, &oids)?,
         };
         let ctx = SessionContext::new();
         let mut batches = ctx
@@ -231,6 +271,12 @@ impl TableProvider for KeyTable {
             .into_iter()
             .map(|b| int2_vector_column(b, &schema, "indkey"))
             .collect::<Result<Vec<_>>>()?;
+        if let KeyRelation::Class = self.kind {
+            batches = batches
+                .into_iter()
+                .map(|b| with_indexes(b, &keyed, &oids))
+                .collect::<Result<Vec<_>>>()?;
+        }
         batches.push(batch);
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
@@ -351,6 +397,126 @@ fn constraint_rows(
                 ("coninhcount", ScalarValue::Int32(Some(0))),
                 ("connoinherit", ScalarValue::Boolean(Some(true))),
                 ("conkey", int2_list(&t.key_columns)),
+            ]))
+        })
+        .collect();
+    build_batch(schema, &rows)
+}
+
+/// Sets `relhasindex` on the `pg_class` rows of tables with a primary key.
+fn with_indexes(
+    batch: RecordBatch,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let (Ok(oid_col), Ok(has_col)) = (
+        batch.schema().index_of("oid"),
+        batch.schema().index_of("relhasindex"),
+    ) else {
+        return Ok(batch);
+    };
+    let with_key: std::collections::HashSet<i32> = keyed
+        .iter()
+        .filter(|t| !t.key_columns.is_empty())
+        .filter_map(|t| oids.get(&(t.schema.clone(), t.name.clone())).map(|o| o.0))
+        .collect();
+    let oid = int32_column(&batch, "oid")?;
+    let has = batch.column(has_col).as_boolean();
+    let updated: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
+        .map(|i| Some(with_key.contains(&oid[i]) || has.value(i)))
+        .collect();
+    let _ = oid_col;
+    let mut columns = batch.columns().to_vec();
+    columns[has_col] = Arc::new(updated);
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// One `pg_class` row per primary-key index.
+fn index_class_rows(
+    schema: &SchemaRef,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
+        .iter()
+        .filter(|t| !t.key_columns.is_empty())
+        .filter_map(|t| {
+            let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+            Some(HashMap::from([
+                ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
+                (
+                    "relname",
+                    ScalarValue::Utf8(Some(format!("{}_pkey", t.name))),
+                ),
+                ("relnamespace", ScalarValue::Int32(Some(ns))),
+                ("relam", ScalarValue::Int32(Some(BTREE_AM_OID))),
+                ("relkind", ScalarValue::Utf8(Some("i".into()))),
+                ("relpersistence", ScalarValue::Utf8(Some("p".into()))),
+                ("relreplident", ScalarValue::Utf8(Some("n".into()))),
+                (
+                    "relnatts",
+                    ScalarValue::Int16(Some(i16::try_from(t.key_columns.len()).unwrap_or(0))),
+                ),
+                ("relispopulated", ScalarValue::Boolean(Some(true))),
+            ]))
+        })
+        .collect();
+    build_batch(schema, &rows)
+}
+
+/// `btree` in `pg_am`: how PostgreSQL would index a primary key.
+const BTREE_AM_OID: i32 = 403;
+
+fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn index_def_rows(
+    schema: &SchemaRef,
+    keyed: &[KeyedTable],
+    oids: &HashMap<(String, String), (i32, i32)>,
+) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
+        .iter()
+        .filter(|t| !t.key_columns.is_empty() && !t.column_names.is_empty())
+        .filter_map(|t| {
+            let (oid, _) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+            let columns: Vec<String> = t
+                .key_columns
+                .iter()
+                .filter_map(|n| {
+                    t.column_names
+                        .get(usize::try_from(*n).ok()?.checked_sub(1)?)
+                })
+                .map(|c| quote_ident(c))
+                .collect();
+            let columns = columns.join(", ");
+            Some(HashMap::from([
+                ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
+                (
+                    "indexdef",
+                    ScalarValue::Utf8(Some(format!(
+                        "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({columns})",
+                        quote_ident(&format!("{}_pkey", t.name)),
+                        quote_ident(&t.schema),
+                        quote_ident(&t.name)
+                    ))),
+                ),
+                (
+                    "constraintdef",
+                    ScalarValue::Utf8(Some(format!("PRIMARY KEY ({columns})"))),
+                ),
             ]))
         })
         .collect();

@@ -43,6 +43,10 @@ pub fn aggregate_scalar_subqueries(stmt: &mut Statement) {
                 *expr = replacement;
                 return ControlFlow::Continue(());
             }
+            if let Some(replacement) = index_definition(expr) {
+                *expr = replacement;
+                return ControlFlow::Continue(());
+            }
             if let Some(replacement) = col_description(expr) {
                 *expr = replacement;
                 return ControlFlow::Continue(());
@@ -165,6 +169,45 @@ fn no_reloptions(expr: &Expr) -> Option<Expr> {
             datafusion::sql::sqlparser::ast::Value::SingleQuotedString(String::new()).into(),
         )
     })
+}
+
+/// `pg_get_indexdef(index, ...)` and `pg_get_constraintdef(constraint, ...)`
+/// read a primary key's definition from `pg_catalog.tidebase_index_defs`
+/// (psql's `\d` prints it under "Indexes:"); for other objects they fall
+/// back to the functions of the catalog crate.
+fn index_definition(expr: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    let column = match name.trim_start_matches("pg_catalog.") {
+        "pg_get_indexdef" => "indexdef",
+        "pg_get_constraintdef" => "constraintdef",
+        _ => return None,
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))) = list.args.first() else {
+        return None;
+    };
+    let fallback = if column == "constraintdef" {
+        format!(", {f}")
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "coalesce((SELECT max(tb_x.{column}) FROM pg_catalog.{} tb_x \
+         WHERE tb_x.oid = CAST({oid} AS INT)){fallback})",
+        tidebase_catalog::INDEX_DEFS
+    );
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(&sql)
+    .ok()?
+    .parse_expr()
+    .ok()
 }
 
 /// `col_description(relation, column)` (psql's `\d+` shows it as the

@@ -173,13 +173,21 @@ class Clients(unittest.TestCase):
             self.fail("psql is not installed")
         env = dict(os.environ, PGCONNECT_TIMEOUT="10")
         dsn = self.server.dsn()
-        subprocess.run([psql, dsn, "-c", "CREATE TABLE psql_t (id INT PRIMARY KEY, label TEXT)"],
+        subprocess.run([psql, dsn, "-c", "CREATE TABLE psql_t (id INT PRIMARY KEY, label TEXT, extra.note TEXT)"],
                        check=True, env=env, capture_output=True)
         out = subprocess.run([psql, dsn, "-c", r"\d psql_t"], check=True, env=env, capture_output=True,
                              text=True, timeout=60).stdout
         self.assertIn('Table "public.psql_t"', out)
         self.assertRegex(out, r"id\s+\|\s+integer")
         self.assertRegex(out, r"label\s+\|\s+text")
+        self.assertIn('"psql_t_pkey" PRIMARY KEY, btree (id)', out)
+        # \d+ shows each column's family as its description.
+        done = subprocess.run([psql, dsn, "-c", r"\d+ psql_t"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(done.stderr, "")
+        self.assertRegex(done.stdout, r"id\s+\|.*\|\s+row key")
+        self.assertRegex(done.stdout, r"label\s+\|.*\|\s+family 0")
+        self.assertRegex(done.stdout, r"note\s+\|.*\|\s+family extra")
         out = subprocess.run([psql, dsn, "-c", r"\dt"], check=True, env=env, capture_output=True,
                              text=True, timeout=60).stdout
         self.assertIn("psql_t", out)
