@@ -488,3 +488,69 @@ async fn acknowledged_inserts_and_copies_survive_sigkill() -> anyhow::Result<()>
     server.kill();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_single_region_is_scanned_in_parallel_halves() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE halves (user_id INT, ts BIGINT, amount BIGINT, PRIMARY KEY (user_id, ts)); \
+             INSERT INTO halves SELECT v % 50, v / 50, v FROM generate_series(0, 4999) AS g(v); \
+             ALTER TABLE halves FLUSH",
+        )
+        .await?;
+    let explain = client
+        .simple_query("EXPLAIN SELECT user_id, sum(amount) FROM halves GROUP BY user_id")
+        .await?;
+    let plan: String = explain
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        assert!(
+            plan.contains("regions=1") && plan.contains("partitions=2"),
+            "{plan}"
+        );
+    }
+    // The halves together give the whole table, in key order where asked.
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(amount), count(DISTINCT user_id) FROM halves",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i64>(0), 5000);
+    assert_eq!(row.get::<_, i64>(1), (0..5000i64).sum::<i64>());
+    assert_eq!(row.get::<_, i64>(2), 50);
+    let keys: Vec<(i32, i64)> = client
+        .query("SELECT user_id, ts FROM halves ORDER BY user_id, ts", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: Vec<(i32, i64)> = (0..5000i64).map(|v| ((v % 50) as i32, v / 50)).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    let running: i64 = client
+        .query_one(
+            "SELECT sum(c) FROM (SELECT sum(amount) OVER (PARTITION BY user_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS c FROM halves) s",
+            &[],
+        )
+        .await?
+        .get(0);
+    // Each user's running sums: amount = user + 50 * ts for ts in 0..100.
+    let want: i64 = (0..50i64)
+        .map(|u| {
+            (0..100i64)
+                .map(|t| (0..=t).map(|k| u + 50 * k).sum::<i64>())
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(running, want);
+    server.stop().await
+}

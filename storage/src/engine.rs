@@ -54,6 +54,9 @@ pub struct RegionInfo {
     pub files: usize,
     pub reads: u64,
     pub writes: u64,
+    /// A row key near the middle of the region's data (from its biggest
+    /// store file), where a scan can be cut in two to run in parallel.
+    pub mid_key: Option<Vec<u8>>,
 }
 
 /// One store file as the system views show it.
@@ -608,6 +611,7 @@ impl Engine {
                 files: r.stores.values().map(|s| s.state.read().files.len()).sum(),
                 reads: r.reads.load(Ordering::Relaxed),
                 writes: r.writes.load(Ordering::Relaxed),
+                mid_key: r.split_point(),
             })
             .collect())
     }

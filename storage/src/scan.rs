@@ -253,13 +253,17 @@ impl Visible {
         // Index in this batch of the last cell looked at.
         let mut last: Option<usize> = None;
         let (start, end) = (self.start.as_slice(), self.end.as_slice());
+        // Rows are sorted: when the first is in range no row is below the
+        // start, and when the last is, none is past the end.
+        let check_start = n > 0 && row.value(0) < start;
+        let check_end = n > 0 && !end.is_empty() && row.value(n - 1) >= end;
         for i in 0..n {
             let r = row.value(i);
-            if r < start {
+            if check_start && r < start {
                 keep.append(false);
                 continue;
             }
-            if !end.is_empty() && r >= end {
+            if check_end && r >= end {
                 self.done = true;
                 keep.append_n(n - i, false);
                 break;

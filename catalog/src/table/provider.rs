@@ -355,10 +355,13 @@ impl RegionTable {
         filters: &[Expr],
         limit: Option<usize>,
         with_row_key: bool,
+        parallelism: usize,
     ) -> Result<RegionScanExec> {
         let scans = self.key_scans(filters);
         let regions = self.engine.regions(&self.def.name).map_err(storage)?;
         let mut partitions: Vec<Vec<KeyScan>> = Vec::new();
+        // Where each partition's region could be cut in two.
+        let mut mids: Vec<Option<Vec<u8>>> = Vec::new();
         for r in &regions {
             let mut mine = Vec::new();
             let all = [KeyScan::Range(Vec::new(), Vec::new())];
@@ -382,6 +385,34 @@ impl RegionTable {
             }
             if !mine.is_empty() {
                 partitions.push(mine);
+                mids.push(r.mid_key.clone());
+            }
+        }
+        let regions_scanned = partitions.len();
+        // Fewer regions than cores: cut single-range partitions at their
+        // region's middle key, so a table of one region still scans (and
+        // aggregates) on every core. Each half stays in key order.
+        if limit.is_none() {
+            let mut i = 0;
+            while partitions.len() < parallelism && i < partitions.len() {
+                let cut = match (partitions[i].as_slice(), &mids[i]) {
+                    ([KeyScan::Range(lo, hi)], Some(mid))
+                        if mid.as_slice() > lo.as_slice()
+                            && (hi.is_empty() || mid.as_slice() < hi.as_slice()) =>
+                    {
+                        Some((lo.clone(), mid.clone(), hi.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some((lo, mid, hi)) = cut {
+                    partitions[i] = vec![KeyScan::Range(lo, mid.clone())];
+                    partitions.insert(i + 1, vec![KeyScan::Range(mid, hi)]);
+                    mids[i] = None;
+                    mids.insert(i + 1, None);
+                    i += 2;
+                } else {
+                    i += 1;
+                }
             }
         }
         let mut fields: Vec<Field> = projection
@@ -417,6 +448,7 @@ impl RegionTable {
             table: self.clone_with_as_of(),
             families: self.families_for(&projection),
             projection,
+            regions: regions_scanned,
             partitions,
             limit,
             with_row_key,
@@ -482,7 +514,7 @@ impl RegionTable {
     /// read when the returned plan runs.
     fn matching(&self, state: &dyn Session, filters: &[Expr]) -> Result<Matching> {
         let all: Vec<usize> = (0..self.def.columns.len()).collect();
-        let scan = Arc::new(self.plan(all, filters, None, true)?);
+        let scan = Arc::new(self.plan(all, filters, None, true, 1)?);
         let schema = scan.schema();
         let df_schema = DFSchema::try_from(schema.clone())?;
         let predicate = filters
@@ -582,7 +614,7 @@ impl TableProvider for RegionTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -590,7 +622,14 @@ impl TableProvider for RegionTable {
         let projection = projection
             .cloned()
             .unwrap_or_else(|| (0..self.def.columns.len()).collect());
-        Ok(Arc::new(self.plan(projection, filters, limit, false)?))
+        let parallelism = state.config().target_partitions();
+        Ok(Arc::new(self.plan(
+            projection,
+            filters,
+            limit,
+            false,
+            parallelism,
+        )?))
     }
 
     async fn insert_into(
@@ -930,6 +969,8 @@ pub struct RegionScanExec {
     table: RegionTable,
     projection: Vec<usize>,
     families: Vec<String>,
+    /// Regions read; a region may be read as more than one partition.
+    regions: usize,
     partitions: Vec<Vec<KeyScan>>,
     limit: Option<usize>,
     with_row_key: bool,
@@ -950,9 +991,12 @@ impl DisplayAs for RegionScanExec {
             f,
             "RegionScanExec: table={}, regions={}, families=[{}], point_gets={points}, range_scans={ranges}",
             self.table.def.name,
-            self.partitions.len(),
+            self.regions,
             self.families.join(", ")
         )?;
+        if self.partitions.len() > self.regions {
+            write!(f, ", partitions={}", self.partitions.len())?;
+        }
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }
