@@ -792,9 +792,21 @@ pub async fn copy_out(
     ),
     QueryError,
 > {
-    let df = session.ctx.sql(query).await?;
-    let names: Vec<String> = df
-        .schema()
+    // The query was parsed with the COPY around it; it goes through the
+    // same rewrites and naming as any other query.
+    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        query,
+    )?;
+    if statements.len() != 1 {
+        return Err(QueryError::NotSupported {
+            what: "COPY of more than one query".into(),
+        });
+    }
+    let (plan, names) = crate::query::plan_statement(session, statements.remove(0)).await?;
+    let df = session.ctx.execute_logical_plan(plan).await?;
+    let names: Vec<String> = names
+        .apply(df.schema().as_arrow())
         .fields()
         .iter()
         .map(|f| f.name().clone())

@@ -104,14 +104,7 @@ impl Planner {
                 stmt = rewritten.remove(0);
             }
         }
-        crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
-        let names = crate::rewrite::ColumnNames::of(&stmt);
-        tidebase_window::exclude::rewrite(&mut stmt)?;
-        let state = self.session.ctx.state();
-        let plan = state
-            .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
-            .await?;
-        let plan = postgres_result_types(plan)?;
+        let (plan, names) = plan_statement(&self.session, stmt).await?;
         let params = parameter_types(&plan)?;
         Ok(Some(Prepared::Plan(Box::new(PlannedStatement {
             plan,
@@ -119,6 +112,24 @@ impl Planner {
             names,
         }))))
     }
+}
+
+/// Plans a parsed query: our AST rewrites, DataFusion's planner, then
+/// PostgreSQL's result types. Returns the plan and PostgreSQL's names for
+/// its result columns.
+pub(crate) async fn plan_statement(
+    session: &Session,
+    mut stmt: datafusion::sql::sqlparser::ast::Statement,
+) -> Result<(LogicalPlan, crate::rewrite::ColumnNames), QueryError> {
+    crate::rewrite::aggregate_scalar_subqueries(&mut stmt);
+    let names = crate::rewrite::ColumnNames::of(&stmt);
+    tidebase_window::exclude::rewrite(&mut stmt)?;
+    let plan = session
+        .ctx
+        .state()
+        .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+        .await?;
+    Ok((postgres_result_types(plan)?, names))
 }
 
 /// PostgreSQL has no unsigned integers: `rank()` and `row_number()` are

@@ -113,6 +113,9 @@ async fn copy_loads_all_or_nothing_and_copies_out() -> anyhow::Result<()> {
     );
     let csv = copy_out(&client, "COPY (SELECT id, name FROM t WHERE id >= 4 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)").await?;
     assert_eq!(csv, "id,name\n4,\"a, \"\"quoted\"\"\nname\"\n5,\n");
+    // A query's columns are named as in a SELECT, and its SQL is Tidebase's.
+    let csv = copy_out(&client, "COPY (SELECT id, count(*) OVER (), sum(id) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE CURRENT ROW) FROM t WHERE id <= 2 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)").await?;
+    assert_eq!(csv, "id,count,sum\n1,2,2\n2,2,1\n");
     server.stop().await
 }
 
