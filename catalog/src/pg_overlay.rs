@@ -48,10 +48,14 @@ struct PgCatalogOverlay {
     catalogs: Arc<dyn datafusion::catalog::CatalogProviderList>,
 }
 
-/// One user table that declares a primary key.
+/// One user table with a primary key or column comments, as `pg_class`
+/// numbers it.
 struct KeyedTable {
     schema: String,
     name: String,
+    /// The table's OID and its namespace's, from `pg_class`.
+    oid: i32,
+    namespace: i32,
     /// 1-based column numbers, as in `pg_attribute.attnum`.
     key_columns: Vec<i16>,
     /// Each column's comment (`row key`, `family personal`), for region
@@ -59,6 +63,18 @@ struct KeyedTable {
     descriptions: Vec<String>,
     /// Column names, by column number - 1.
     column_names: Vec<String>,
+}
+
+impl KeyedTable {
+    /// The name of the primary key's constraint and index.
+    fn index_name(&self) -> String {
+        format!("{}_pkey", self.name)
+    }
+}
+
+/// The tables that declare a primary key.
+fn with_keys(tables: &[KeyedTable]) -> impl Iterator<Item = &KeyedTable> {
+    tables.iter().filter(|t| !t.key_columns.is_empty())
 }
 
 #[async_trait]
@@ -102,7 +118,11 @@ impl SchemaProvider for PgCatalogOverlay {
 }
 
 impl PgCatalogOverlay {
-    async fn keyed_tables(&self) -> Result<Vec<KeyedTable>> {
+    /// User tables with a primary key or column comments, with the OIDs
+    /// `pg_class` gives them (from `class`, its rows when the caller has
+    /// read them already). Tables `pg_class` does not list are left out.
+    async fn keyed_tables(&self, class: Option<&[RecordBatch]>) -> Result<Vec<KeyedTable>> {
+        let oids = self.relation_oids(class).await?;
         let mut out = Vec::new();
         let Some(db) = self.catalogs.catalog(crate::DATABASE_NAME) else {
             return Ok(out);
@@ -147,6 +167,10 @@ impl PgCatalogOverlay {
                 if key_columns.is_empty() && descriptions.is_empty() {
                     continue;
                 }
+                let Some(&(oid, namespace)) = oids.get(&(schema_name.clone(), table_name.clone()))
+                else {
+                    continue;
+                };
                 let column_names = table
                     .schema()
                     .fields()
@@ -156,6 +180,8 @@ impl PgCatalogOverlay {
                 out.push(KeyedTable {
                     schema: schema_name.clone(),
                     name: table_name.clone(),
+                    oid,
+                    namespace,
                     key_columns,
                     descriptions,
                     column_names,
@@ -165,8 +191,12 @@ impl PgCatalogOverlay {
         Ok(out)
     }
 
-    /// `(schema, relation) -> (oid, namespace oid)` as `pg_class` numbers them.
-    async fn relation_oids(&self) -> Result<HashMap<(String, String), (i32, i32)>> {
+    /// `(schema, relation) -> (oid, namespace oid)` as `pg_class` numbers
+    /// them, from `class` (`pg_class`'s rows) or a fresh read of it.
+    async fn relation_oids(
+        &self,
+        class: Option<&[RecordBatch]>,
+    ) -> Result<HashMap<(String, String), (i32, i32)>> {
         let ctx = SessionContext::new();
         let mut namespaces = HashMap::new();
         if let Some(ns) = self.inner.table("pg_namespace").await? {
@@ -178,16 +208,25 @@ impl PgCatalogOverlay {
                 }
             }
         }
+        let read;
+        let class = match class {
+            Some(batches) => batches,
+            None => {
+                read = match self.inner.table("pg_class").await? {
+                    Some(class) => ctx.read_table(class)?.collect().await?,
+                    None => Vec::new(),
+                };
+                &read
+            }
+        };
         let mut out = HashMap::new();
-        if let Some(class) = self.inner.table("pg_class").await? {
-            for batch in ctx.read_table(class)?.collect().await? {
-                let oid = int32_column(&batch, "oid")?;
-                let ns = int32_column(&batch, "relnamespace")?;
-                let name = string_column(&batch, "relname")?;
-                for i in 0..batch.num_rows() {
-                    if let Some(nspname) = namespaces.get(&ns[i]) {
-                        out.insert((nspname.clone(), name[i].clone()), (oid[i], ns[i]));
-                    }
+        for batch in class {
+            let oid = int32_column(batch, "oid")?;
+            let ns = int32_column(batch, "relnamespace")?;
+            let name = string_column(batch, "relname")?;
+            for i in 0..batch.num_rows() {
+                if let Some(nspname) = namespaces.get(&ns[i]) {
+                    out.insert((nspname.clone(), name[i].clone()), (oid[i], ns[i]));
                 }
             }
         }
@@ -254,15 +293,6 @@ impl TableProvider for KeyTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = self.schema();
-        let keyed = self.overlay.keyed_tables().await?;
-        let oids = self.overlay.relation_oids().await?;
-        let batch = match self.kind {
-            KeyRelation::Constraint => constraint_rows(&schema, &keyed, &oids)?,
-            KeyRelation::Index => index_rows(&schema, &keyed, &oids)?,
-            KeyRelation::Description => description_rows(&schema, &keyed, &oids)?,
-            KeyRelation::Class => index_class_rows(&schema, &keyed, &oids)?,
-            KeyRelation::IndexDefs => index_def_rows(&schema, &keyed, &oids)?,
-        };
         let ctx = SessionContext::new();
         let mut batches = ctx
             .read_table(self.base.clone())?
@@ -271,12 +301,22 @@ impl TableProvider for KeyTable {
             .into_iter()
             .map(|b| int2_vector_column(b, &schema, "indkey"))
             .collect::<Result<Vec<_>>>()?;
-        if let KeyRelation::Class = self.kind {
-            batches = batches
-                .into_iter()
-                .map(|b| with_indexes(b, &keyed, &oids))
-                .collect::<Result<Vec<_>>>()?;
-        }
+        // `pg_class`'s own rows give the OIDs: no second read of it.
+        let class = matches!(self.kind, KeyRelation::Class).then_some(batches.as_slice());
+        let keyed = self.overlay.keyed_tables(class).await?;
+        let batch = match self.kind {
+            KeyRelation::Constraint => constraint_rows(&schema, &keyed)?,
+            KeyRelation::Index => index_rows(&schema, &keyed)?,
+            KeyRelation::Description => description_rows(&schema, &keyed)?,
+            KeyRelation::Class => {
+                batches = batches
+                    .into_iter()
+                    .map(|b| with_indexes(b, &keyed))
+                    .collect::<Result<Vec<_>>>()?;
+                index_class_rows(&schema, &keyed)?
+            }
+            KeyRelation::IndexDefs => index_def_rows(&schema, &keyed)?,
+        };
         batches.push(batch);
         MemTable::try_new(schema, vec![batches])?
             .scan(state, projection, filters, limit)
@@ -367,22 +407,13 @@ fn int2_list(values: &[i16]) -> ScalarValue {
     ScalarValue::List(ScalarValue::new_list_nullable(&scalars, &DataType::Int16))
 }
 
-fn constraint_rows(
-    schema: &SchemaRef,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
-    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
-        .iter()
-        .filter(|t| !t.key_columns.is_empty())
-        .filter_map(|t| {
-            let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
-            Some(HashMap::from([
+fn constraint_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = with_keys(keyed)
+        .map(|t| {
+            let (oid, ns) = (t.oid, t.namespace);
+            HashMap::from([
                 ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
-                (
-                    "conname",
-                    ScalarValue::Utf8(Some(format!("{}_pkey", t.name))),
-                ),
+                ("conname", ScalarValue::Utf8(Some(t.index_name()))),
                 ("connamespace", ScalarValue::Int32(Some(ns))),
                 ("contype", ScalarValue::Utf8(Some("p".into()))),
                 ("condeferrable", ScalarValue::Boolean(Some(false))),
@@ -397,57 +428,36 @@ fn constraint_rows(
                 ("coninhcount", ScalarValue::Int32(Some(0))),
                 ("connoinherit", ScalarValue::Boolean(Some(true))),
                 ("conkey", int2_list(&t.key_columns)),
-            ]))
+            ])
         })
         .collect();
     build_batch(schema, &rows)
 }
 
 /// Sets `relhasindex` on the `pg_class` rows of tables with a primary key.
-fn with_indexes(
-    batch: RecordBatch,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
-    let (Ok(oid_col), Ok(has_col)) = (
-        batch.schema().index_of("oid"),
-        batch.schema().index_of("relhasindex"),
-    ) else {
+fn with_indexes(batch: RecordBatch, keyed: &[KeyedTable]) -> Result<RecordBatch> {
+    let Ok(has_col) = batch.schema().index_of("relhasindex") else {
         return Ok(batch);
     };
-    let with_key: std::collections::HashSet<i32> = keyed
-        .iter()
-        .filter(|t| !t.key_columns.is_empty())
-        .filter_map(|t| oids.get(&(t.schema.clone(), t.name.clone())).map(|o| o.0))
-        .collect();
+    let with_key: std::collections::HashSet<i32> = with_keys(keyed).map(|t| t.oid).collect();
     let oid = int32_column(&batch, "oid")?;
     let has = batch.column(has_col).as_boolean();
     let updated: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
         .map(|i| Some(with_key.contains(&oid[i]) || has.value(i)))
         .collect();
-    let _ = oid_col;
     let mut columns = batch.columns().to_vec();
     columns[has_col] = Arc::new(updated);
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// One `pg_class` row per primary-key index.
-fn index_class_rows(
-    schema: &SchemaRef,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
-    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
-        .iter()
-        .filter(|t| !t.key_columns.is_empty())
-        .filter_map(|t| {
-            let (oid, ns) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
-            Some(HashMap::from([
+fn index_class_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = with_keys(keyed)
+        .map(|t| {
+            let (oid, ns) = (t.oid, t.namespace);
+            HashMap::from([
                 ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
-                (
-                    "relname",
-                    ScalarValue::Utf8(Some(format!("{}_pkey", t.name))),
-                ),
+                ("relname", ScalarValue::Utf8(Some(t.index_name()))),
                 ("relnamespace", ScalarValue::Int32(Some(ns))),
                 ("relam", ScalarValue::Int32(Some(BTREE_AM_OID))),
                 ("relkind", ScalarValue::Utf8(Some("i".into()))),
@@ -458,7 +468,7 @@ fn index_class_rows(
                     ScalarValue::Int16(Some(i16::try_from(t.key_columns.len()).unwrap_or(0))),
                 ),
                 ("relispopulated", ScalarValue::Boolean(Some(true))),
-            ]))
+            ])
         })
         .collect();
     build_batch(schema, &rows)
@@ -482,16 +492,10 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
-fn index_def_rows(
-    schema: &SchemaRef,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
-    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
-        .iter()
-        .filter(|t| !t.key_columns.is_empty() && !t.column_names.is_empty())
-        .filter_map(|t| {
-            let (oid, _) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+fn index_def_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = with_keys(keyed)
+        .map(|t| {
+            let oid = t.oid;
             let columns: Vec<String> = t
                 .key_columns
                 .iter()
@@ -502,13 +506,13 @@ fn index_def_rows(
                 .map(|c| quote_ident(c))
                 .collect();
             let columns = columns.join(", ");
-            Some(HashMap::from([
+            HashMap::from([
                 ("oid", ScalarValue::Int32(Some(index_oid(oid)))),
                 (
                     "indexdef",
                     ScalarValue::Utf8(Some(format!(
                         "CREATE UNIQUE INDEX {} ON {}.{} USING btree ({columns})",
-                        quote_ident(&format!("{}_pkey", t.name)),
+                        quote_ident(&t.index_name()),
                         quote_ident(&t.schema),
                         quote_ident(&t.name)
                     ))),
@@ -517,7 +521,7 @@ fn index_def_rows(
                     "constraintdef",
                     ScalarValue::Utf8(Some(format!("PRIMARY KEY ({columns})"))),
                 ),
-            ]))
+            ])
         })
         .collect();
     build_batch(schema, &rows)
@@ -526,19 +530,12 @@ fn index_def_rows(
 /// `pg_class`'s OID, the `classoid` of a relation's comments.
 const PG_CLASS_OID: i32 = 1259;
 
-fn description_rows(
-    schema: &SchemaRef,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
+fn description_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
     let mut rows: Vec<HashMap<&str, ScalarValue>> = Vec::new();
     for t in keyed {
-        let Some((oid, _)) = oids.get(&(t.schema.clone(), t.name.clone())) else {
-            continue;
-        };
         for (i, d) in t.descriptions.iter().enumerate() {
             rows.push(HashMap::from([
-                ("objoid", ScalarValue::Int32(Some(*oid))),
+                ("objoid", ScalarValue::Int32(Some(t.oid))),
                 ("classoid", ScalarValue::Int32(Some(PG_CLASS_OID))),
                 (
                     "objsubid",
@@ -551,18 +548,12 @@ fn description_rows(
     build_batch(schema, &rows)
 }
 
-fn index_rows(
-    schema: &SchemaRef,
-    keyed: &[KeyedTable],
-    oids: &HashMap<(String, String), (i32, i32)>,
-) -> Result<RecordBatch> {
-    let rows: Vec<HashMap<&str, ScalarValue>> = keyed
-        .iter()
-        .filter(|t| !t.key_columns.is_empty())
-        .filter_map(|t| {
-            let (oid, _) = *oids.get(&(t.schema.clone(), t.name.clone()))?;
+fn index_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
+    let rows: Vec<HashMap<&str, ScalarValue>> = with_keys(keyed)
+        .map(|t| {
+            let oid = t.oid;
             let n = i16::try_from(t.key_columns.len()).unwrap_or(i16::MAX);
-            Some(HashMap::from([
+            HashMap::from([
                 ("indexrelid", ScalarValue::Int32(Some(index_oid(oid)))),
                 ("indrelid", ScalarValue::Int32(Some(oid))),
                 ("indnatts", ScalarValue::Int16(Some(n))),
@@ -579,7 +570,7 @@ fn index_rows(
                 ("indislive", ScalarValue::Boolean(Some(true))),
                 ("indisreplident", ScalarValue::Boolean(Some(false))),
                 ("indkey", int2_list(&t.key_columns)),
-            ]))
+            ])
         })
         .collect();
     build_batch(schema, &rows)
