@@ -27,7 +27,7 @@ mod error;
 mod functions;
 mod json_build_object;
 mod pg_overlay;
-pub use pg_overlay::INDEX_DEFS;
+pub use pg_overlay::{INDEX_DEFS, PG_CLASS_OID};
 mod settings;
 pub mod table;
 pub mod topic;

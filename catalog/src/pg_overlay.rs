@@ -528,7 +528,7 @@ fn index_def_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatc
 }
 
 /// `pg_class`'s OID, the `classoid` of a relation's comments.
-const PG_CLASS_OID: i32 = 1259;
+pub const PG_CLASS_OID: i32 = 1259;
 
 fn description_rows(schema: &SchemaRef, keyed: &[KeyedTable]) -> Result<RecordBatch> {
     let mut rows: Vec<HashMap<&str, ScalarValue>> = Vec::new();

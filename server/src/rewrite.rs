@@ -39,19 +39,7 @@ pub fn aggregate_scalar_subqueries(stmt: &mut Statement) {
     impl VisitorMut for Rewriter {
         type Break = ();
         fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-            if let Some(replacement) = no_reloptions(expr) {
-                *expr = replacement;
-                return ControlFlow::Continue(());
-            }
-            if let Some(replacement) = index_definition(expr) {
-                *expr = replacement;
-                return ControlFlow::Continue(());
-            }
-            if let Some(replacement) = col_description(expr) {
-                *expr = replacement;
-                return ControlFlow::Continue(());
-            }
-            if let Some(replacement) = generate_subscripts(expr) {
+            if let Some(replacement) = CALL_REWRITES.iter().find_map(|rewrite| rewrite(expr)) {
                 *expr = replacement;
                 return ControlFlow::Continue(());
             }
@@ -117,33 +105,66 @@ fn reads_only_relations_without_rows(query: &datafusion::sql::sqlparser::ast::Qu
         })
 }
 
-/// `generate_subscripts(a, 1)` (SQLAlchemy pairs it with `unnest(a)` to
-/// number array elements) as `unnest(range(1, array_length(a, 1) + 1))`,
-/// which DataFusion zips with the other unnest in the same projection.
-fn generate_subscripts(expr: &Expr) -> Option<Expr> {
+/// Rewrites of catalog function calls that DataFusion cannot run as
+/// clients write them; the first that matches an expression replaces it.
+const CALL_REWRITES: &[fn(&Expr) -> Option<Expr>] = &[
+    no_reloptions,
+    index_definition,
+    col_description,
+    generate_subscripts,
+];
+
+/// The bare name (lower case, without `pg_catalog.`) and the argument list
+/// of a call to one of `names`.
+fn catalog_call<'a>(
+    expr: &'a Expr,
+    names: &[&'static str],
+) -> Option<(&'static str, &'a [FunctionArg])> {
     let Expr::Function(f) = expr else {
         return None;
     };
     let name = f.name.to_string().to_ascii_lowercase();
-    if name != "generate_subscripts" && name != "pg_catalog.generate_subscripts" {
-        return None;
-    }
+    let bare = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    let matched = names.iter().find(|n| **n == bare)?;
     let FunctionArguments::List(list) = &f.args else {
         return None;
     };
-    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array)), FunctionArg::Unnamed(FunctionArgExpr::Expr(dim))] =
-        list.args.as_slice()
-    else {
-        return None;
-    };
-    let sql = format!("unnest(range(1, CAST(array_length({array}, {dim}) AS BIGINT) + 1))");
+    Some((matched, list.args.as_slice()))
+}
+
+/// The expressions of a call's arguments, when there are exactly `N`
+/// unnamed ones.
+fn plain_args<const N: usize>(args: &[FunctionArg]) -> Option<[&Expr; N]> {
+    let exprs: Vec<&Expr> = args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    exprs.try_into().ok()
+}
+
+/// A replacement expression written as SQL.
+fn parse_expr(sql: &str) -> Option<Expr> {
     datafusion::sql::sqlparser::parser::Parser::new(
         &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
     )
-    .try_with_sql(&sql)
+    .try_with_sql(sql)
     .ok()?
     .parse_expr()
     .ok()
+}
+
+/// `generate_subscripts(a, 1)` (SQLAlchemy pairs it with `unnest(a)` to
+/// number array elements) as `unnest(range(1, array_length(a, 1) + 1))`,
+/// which DataFusion zips with the other unnest in the same projection.
+fn generate_subscripts(expr: &Expr) -> Option<Expr> {
+    let (_, args) = catalog_call(expr, &["generate_subscripts"])?;
+    let [array, dim] = plain_args(args)?;
+    parse_expr(&format!(
+        "unnest(range(1, CAST(array_length({array}, {dim}) AS BIGINT) + 1))"
+    ))
 }
 
 /// psql's `\d+` lists a table's storage options with
@@ -153,17 +174,8 @@ fn generate_subscripts(expr: &Expr) -> Option<Expr> {
 /// `reloptions` and the list is empty, as PostgreSQL prints it for a table
 /// without options.
 fn no_reloptions(expr: &Expr) -> Option<Expr> {
-    let Expr::Function(f) = expr else {
-        return None;
-    };
-    let name = f.name.to_string().to_ascii_lowercase();
-    if name != "array_to_string" && name != "pg_catalog.array_to_string" {
-        return None;
-    }
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let first = list.args.first()?.to_string().to_ascii_lowercase();
+    let (_, args) = catalog_call(expr, &["array_to_string"])?;
+    let first = args.first()?.to_string().to_ascii_lowercase();
     first.contains("reloptions").then(|| {
         Expr::Value(
             datafusion::sql::sqlparser::ast::Value::SingleQuotedString(String::new()).into(),
@@ -176,71 +188,34 @@ fn no_reloptions(expr: &Expr) -> Option<Expr> {
 /// (psql's `\d` prints it under "Indexes:"); for other objects they fall
 /// back to the functions of the catalog crate.
 fn index_definition(expr: &Expr) -> Option<Expr> {
-    let Expr::Function(f) = expr else {
+    let (name, args) = catalog_call(expr, &["pg_get_indexdef", "pg_get_constraintdef"])?;
+    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))) = args.first() else {
         return None;
     };
-    let name = f.name.to_string().to_ascii_lowercase();
-    let column = match name.trim_start_matches("pg_catalog.") {
-        "pg_get_indexdef" => "indexdef",
-        "pg_get_constraintdef" => "constraintdef",
-        _ => return None,
-    };
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(oid))) = list.args.first() else {
-        return None;
-    };
-    let fallback = if column == "constraintdef" {
-        format!(", {f}")
+    let (column, fallback) = if name == "pg_get_constraintdef" {
+        ("constraintdef", format!(", {expr}"))
     } else {
-        String::new()
+        ("indexdef", String::new())
     };
-    let sql = format!(
+    parse_expr(&format!(
         "coalesce((SELECT max(tb_x.{column}) FROM pg_catalog.{} tb_x \
          WHERE tb_x.oid = CAST({oid} AS INT)){fallback})",
         tidebase_catalog::INDEX_DEFS
-    );
-    datafusion::sql::sqlparser::parser::Parser::new(
-        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-    )
-    .try_with_sql(&sql)
-    .ok()?
-    .parse_expr()
-    .ok()
+    ))
 }
 
 /// `col_description(relation, column)` (psql's `\d+` shows it as the
 /// column's Description) as a look-up in `pg_description`, which holds each
 /// region-table column's family.
 fn col_description(expr: &Expr) -> Option<Expr> {
-    let Expr::Function(f) = expr else {
-        return None;
-    };
-    let name = f.name.to_string().to_ascii_lowercase();
-    if name != "col_description" && name != "pg_catalog.col_description" {
-        return None;
-    }
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(relation)), FunctionArg::Unnamed(FunctionArgExpr::Expr(column))] =
-        list.args.as_slice()
-    else {
-        return None;
-    };
-    let sql = format!(
+    let (_, args) = catalog_call(expr, &["col_description"])?;
+    let [relation, column] = plain_args(args)?;
+    parse_expr(&format!(
         "(SELECT max(tb_d.description) FROM pg_catalog.pg_description tb_d \
          WHERE tb_d.objoid = CAST({relation} AS INT) AND tb_d.objsubid = CAST({column} AS INT) \
-         AND tb_d.classoid = 1259)"
-    );
-    datafusion::sql::sqlparser::parser::Parser::new(
-        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-    )
-    .try_with_sql(&sql)
-    .ok()?
-    .parse_expr()
-    .ok()
+         AND tb_d.classoid = {})",
+        tidebase_catalog::PG_CLASS_OID
+    ))
 }
 
 fn has_aggregate(e: &Expr) -> bool {

@@ -22,10 +22,11 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+
+from ports import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USERS = 10_000
@@ -42,23 +43,6 @@ QUERIES = [
     ("rank (needs a sort)",
      "SELECT sum(x) FROM (SELECT rank() OVER (PARTITION BY user_id ORDER BY amount) AS x FROM tx) s"),
 ]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def rows_text(n):

@@ -145,7 +145,11 @@ fn keyword_is(t: &Token, k: &str) -> bool {
 /// its mode as a marker in that window's PARTITION BY list. Text without
 /// the clause comes back unchanged.
 pub fn mark(sql: &str) -> String {
-    if !sql.to_ascii_uppercase().contains("EXCLUDE") {
+    let mentions_exclude = sql
+        .as_bytes()
+        .windows(b"EXCLUDE".len())
+        .any(|w| w.eq_ignore_ascii_case(b"EXCLUDE"));
+    if !mentions_exclude {
         return sql.to_string();
     }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
@@ -334,7 +338,11 @@ fn base_name(f: &Function) -> String {
 /// Rewrites every window call whose frame has an `EXCLUDE` clause (see the
 /// module docs) and removes the markers [`mark`] left.
 pub fn rewrite(stmt: &mut Statement) -> Result<()> {
-    let mut rewriter = Rewriter { scopes: Vec::new() };
+    // The outermost scope stays empty: a window call outside any query has
+    // no named windows.
+    let mut rewriter = Rewriter {
+        scopes: vec![HashMap::new()],
+    };
     match stmt.visit(&mut rewriter) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
@@ -342,7 +350,8 @@ pub fn rewrite(stmt: &mut Statement) -> Result<()> {
 }
 
 struct Rewriter {
-    /// Named windows of each query being visited, innermost last.
+    /// Named windows of each query being visited, innermost last, above an
+    /// empty outermost scope.
     scopes: Vec<HashMap<String, Named>>,
 }
 
@@ -358,8 +367,10 @@ fn for_each_select(body: &mut SetExpr, f: &mut dyn FnMut(&mut Select)) {
 }
 
 impl Rewriter {
-    fn windows(&self) -> HashMap<String, Named> {
-        self.scopes.last().cloned().unwrap_or_default()
+    fn windows(&self) -> &HashMap<String, Named> {
+        self.scopes
+            .last()
+            .expect("the outermost scope is never popped")
     }
 
     /// The replacement for a window call with an exclusion, or `None` when
@@ -368,8 +379,7 @@ impl Rewriter {
         let Some(over) = &f.over else {
             return Ok(None);
         };
-        let windows = self.windows();
-        let (spec, exclusion) = effective(over, &windows)?;
+        let (spec, exclusion) = effective(over, self.windows())?;
         if let Some(WindowType::WindowSpec(own)) = &mut f.over {
             strip(own);
         }
