@@ -10,6 +10,7 @@ pub(crate) struct Metrics {
     pub flush_bytes: AtomicU64,
     pub compaction_bytes: AtomicU64,
     pub data_reads: AtomicU64,
+    pub file_reads: AtomicU64,
     pub bloom_negatives: AtomicU64,
 }
 
@@ -26,6 +27,7 @@ impl Metrics {
             flush_bytes: get(&self.flush_bytes),
             compaction_bytes: get(&self.compaction_bytes),
             data_reads: get(&self.data_reads),
+            file_reads: get(&self.file_reads),
             bloom_negatives: get(&self.bloom_negatives),
         }
     }
@@ -44,6 +46,8 @@ pub struct EngineMetrics {
     pub compaction_bytes: u64,
     /// Store-file reads that decoded at least one data page.
     pub data_reads: u64,
+    /// Reads (system calls) of store-file bytes.
+    pub file_reads: u64,
     /// Single-row reads of a file answered "absent" by its bloom filter.
     pub bloom_negatives: u64,
 }

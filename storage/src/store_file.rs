@@ -25,6 +25,7 @@ use parquet::basic::{Compression as PqCompression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::ChunkReader;
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 
@@ -69,6 +70,8 @@ pub struct StoreFile {
 struct PositionalFile {
     file: Arc<File>,
     len: u64,
+    /// Counts the reads (`file_reads`).
+    metrics: Arc<Metrics>,
 }
 
 impl parquet::file::reader::Length for PositionalFile {
@@ -77,18 +80,20 @@ impl parquet::file::reader::Length for PositionalFile {
     }
 }
 
-impl parquet::file::reader::ChunkReader for PositionalFile {
+impl ChunkReader for PositionalFile {
     type T = PositionalRead;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<PositionalRead> {
         Ok(PositionalRead {
             file: self.file.clone(),
             pos: start,
+            metrics: self.metrics.clone(),
         })
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
         use std::os::unix::fs::FileExt;
+        Metrics::add(&self.metrics.file_reads, 1);
         let mut buf = vec![0; length];
         self.file.read_exact_at(&mut buf, start)?;
         Ok(buf.into())
@@ -99,14 +104,137 @@ impl parquet::file::reader::ChunkReader for PositionalFile {
 struct PositionalRead {
     file: Arc<File>,
     pos: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl std::io::Read for PositionalRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::os::unix::fs::FileExt;
+        Metrics::add(&self.metrics.file_reads, 1);
         let n = self.file.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+/// A [`PositionalFile`] read by whole column chunks: the first read inside
+/// a chunk loads all of it with one `pread`, and the chunk's pages are then
+/// served from memory. A scan that reads whole row groups pays one system
+/// call per column chunk instead of one per page (a page is 8 KiB), and
+/// holds at most one chunk per column. Reads outside the chunks go to the
+/// file.
+struct ChunkedFile {
+    file: PositionalFile,
+    /// `(start, end, column)` of each column chunk to read, by start.
+    chunks: Vec<(u64, u64, usize)>,
+    /// The loaded chunk of each column: its start and bytes.
+    loaded: parking_lot::Mutex<Vec<Option<(u64, bytes::Bytes)>>>,
+}
+
+impl ChunkedFile {
+    fn new(
+        file: PositionalFile,
+        metadata: &parquet::file::metadata::ParquetMetaData,
+        groups: &[usize],
+    ) -> Self {
+        let mut chunks = Vec::new();
+        let mut columns = 0;
+        for &g in groups {
+            for (c, chunk) in metadata.row_group(g).columns().iter().enumerate() {
+                let (start, len) = chunk.byte_range();
+                chunks.push((start, start + len, c));
+                columns = columns.max(c + 1);
+            }
+        }
+        chunks.sort_unstable();
+        Self {
+            file,
+            chunks,
+            loaded: parking_lot::Mutex::new(vec![None; columns]),
+        }
+    }
+
+    /// The column chunk that holds the byte at `offset`:
+    /// `(start, end, column)`.
+    fn chunk_at(&self, offset: u64) -> Option<(u64, u64, usize)> {
+        let i = self.chunks.partition_point(|&(s, _, _)| s <= offset);
+        let chunk = *self.chunks.get(i.checked_sub(1)?)?;
+        (offset < chunk.1).then_some(chunk)
+    }
+
+    /// `[start, start + length)` of the chunk `(chunk_start, _, column)`,
+    /// loading the chunk when it is not the column's one in memory.
+    fn chunk_slice(
+        &self,
+        (chunk_start, chunk_end, column): (u64, u64, usize),
+        start: u64,
+        length: usize,
+    ) -> parquet::errors::Result<bytes::Bytes> {
+        let too_big =
+            |e: std::num::TryFromIntError| parquet::errors::ParquetError::External(Box::new(e));
+        let mut loaded = self.loaded.lock();
+        let slot = &mut loaded[column];
+        let bytes = match slot {
+            Some((s, bytes)) if *s == chunk_start => bytes,
+            _ => {
+                let len = usize::try_from(chunk_end - chunk_start).map_err(too_big)?;
+                let bytes = self.file.get_bytes(chunk_start, len)?;
+                &mut slot.insert((chunk_start, bytes)).1
+            }
+        };
+        let from = usize::try_from(start - chunk_start).map_err(too_big)?;
+        Ok(bytes.slice(from..from + length))
+    }
+}
+
+impl parquet::file::reader::Length for ChunkedFile {
+    fn len(&self) -> u64 {
+        self.file.len
+    }
+}
+
+/// A reader of a [`ChunkedFile`]: from memory inside a column chunk, from
+/// the file outside.
+enum ChunkedRead {
+    Memory(bytes::buf::Reader<bytes::Bytes>),
+    File(PositionalRead),
+}
+
+impl std::io::Read for ChunkedRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ChunkedRead::Memory(r) => r.read(buf),
+            ChunkedRead::File(r) => r.read(buf),
+        }
+    }
+}
+
+impl ChunkReader for ChunkedFile {
+    type T = ChunkedRead;
+
+    /// The Parquet reader reads a column chunk's pages (headers and data)
+    /// through one reader from the chunk's start.
+    fn get_read(&self, start: u64) -> parquet::errors::Result<ChunkedRead> {
+        use bytes::Buf;
+        match self.chunk_at(start) {
+            Some(chunk) => {
+                let rest = usize::try_from(chunk.1 - start)
+                    .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+                Ok(ChunkedRead::Memory(
+                    self.chunk_slice(chunk, start, rest)?.reader(),
+                ))
+            }
+            None => Ok(ChunkedRead::File(self.file.get_read(start)?)),
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self.chunk_at(start) {
+            Some(chunk) if start + length as u64 <= chunk.1 => {
+                self.chunk_slice(chunk, start, length)
+            }
+            _ => self.file.get_bytes(start, length),
+        }
     }
 }
 
@@ -366,6 +494,7 @@ impl StoreFile {
         let file = PositionalFile {
             file: Arc::new(file),
             len: size,
+            metrics: metrics.clone(),
         };
         let metadata = guarded(path, || {
             let options =
@@ -502,22 +631,38 @@ impl StoreFile {
         }
         Metrics::add(&self.metrics.data_reads, 1);
         let selection = self.page_selection(&groups, start, end);
-        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            self.file.clone(),
-            self.metadata.clone(),
-        )
-        .with_row_groups(groups)
-        .with_batch_size(batch_size.max(1));
+        // A read of a few pages (a get, a narrow range) reads just them; a
+        // read of most of its row groups reads whole column chunks.
+        let most = selection
+            .as_ref()
+            .is_none_or(|s| s.row_count() >= s.skipped_row_count());
+        let built = if most {
+            let file = ChunkedFile::new(self.file.clone(), self.metadata.metadata(), &groups);
+            self.build_reader(file, groups, batch_size, selection)
+        } else {
+            self.build_reader(self.file.clone(), groups, batch_size, selection)
+        };
+        built.map(Some).map_err(|source| StorageError::Parquet {
+            file: self.path.clone(),
+            source,
+        })
+    }
+
+    fn build_reader<T: ChunkReader + 'static>(
+        &self,
+        file: T,
+        groups: Vec<usize>,
+        batch_size: usize,
+        selection: Option<RowSelection>,
+    ) -> parquet::errors::Result<ParquetRecordBatchReader> {
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_row_groups(groups)
+                .with_batch_size(batch_size.max(1));
         if let Some(selection) = selection {
             builder = builder.with_row_selection(selection);
         }
-        builder
-            .build()
-            .map(Some)
-            .map_err(|source| StorageError::Parquet {
-                file: self.path.clone(),
-                source,
-            })
+        builder.build()
     }
 
     /// The rows of `groups` whose pages of the row column may hold rows of
@@ -778,6 +923,72 @@ mod tests {
         }
         assert_eq!(f.read_range(&row(1000), &row(2000)).unwrap().len(), 2000);
         assert!(f.page_selection(&[0], b"", b"").is_none());
+    }
+
+    #[test]
+    fn a_full_scan_reads_each_column_chunk_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cells = Vec::new();
+        for i in 0..20_000u32 {
+            let row = format!("row{i:06}").into_bytes();
+            let value = format!("value {i}").into_bytes();
+            cells.push(Mutation::put(&row, "f", b"q", 1, &value).into_cell(u64::from(i)));
+        }
+        let path = dir.path().join("scan.parquet");
+        let metrics = Arc::new(Metrics::default());
+        let options = FamilyOptions {
+            block_size: 64 << 10,
+            ..FamilyOptions::default()
+        };
+        write_cells(&path, &cells, &options, &metrics);
+        let f = StoreFile::open(&path, 1, &metrics).unwrap();
+        let md = f.metadata.metadata();
+        assert!(md.num_row_groups() > 1);
+        let pages = md
+            .offset_index()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|c| c.page_locations().len())
+            .sum::<usize>();
+        let chunks = md.num_row_groups() * md.row_group(0).num_columns();
+        assert!(pages > 2 * chunks, "{pages} pages in {chunks} chunks");
+        let before = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let got = f.read_range(b"", b"").unwrap();
+        let reads = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        assert_eq!(got, cells);
+        assert_eq!(reads, chunks as u64);
+        // Half the file (a region scanned in two halves): at most its
+        // chunks, each once.
+        let before = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let got = f.read_range(b"row010000", b"").unwrap();
+        let reads = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        assert_eq!(got, cells[10_000..]);
+        assert!(
+            reads <= chunks as u64 / 2 + 6,
+            "{reads} reads of {chunks} chunks"
+        );
+        // One row: a page or two per column, not whole chunks.
+        let before = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let got = f.read_range(b"row012345", b"row012346").unwrap();
+        let reads = metrics
+            .file_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        assert_eq!(got, cells[12_345..12_346]);
+        assert!(reads <= 12, "{reads} reads for one row");
     }
 
     #[test]
