@@ -25,6 +25,7 @@
 
 mod error;
 mod functions;
+mod information_schema;
 mod json_build_object;
 mod pg_overlay;
 pub use pg_overlay::{INDEX_DEFS, PG_CLASS_OID};
@@ -95,7 +96,10 @@ impl Catalog {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE_NAME, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true)
+            // Tidebase's own `information_schema` (PostgreSQL's type names,
+            // constraints) is a schema of the database; DataFusion's would
+            // shadow it.
+            .with_information_schema(false)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -118,6 +122,7 @@ impl Catalog {
         )
         .map_err(|e| CatalogError::DataFusion(*e))?;
         pg_overlay::install(&ctx, database.as_ref())?;
+        information_schema::install(ctx.state().catalog_list().clone(), database.as_ref())?;
         let system = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
         for (name, kind) in [
             ("regions", table::system::ViewKind::Regions),

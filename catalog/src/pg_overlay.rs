@@ -42,6 +42,72 @@ pub(crate) fn install(
     Ok(())
 }
 
+/// A table of a user schema (not `pg_catalog` or `information_schema`),
+/// with what the catalogs say about it beyond its columns.
+pub(crate) struct UserTable {
+    pub schema: String,
+    pub name: String,
+    pub table: Arc<dyn TableProvider>,
+    /// The primary key's columns (0-based), in key order; empty without one.
+    pub key: Vec<usize>,
+    /// Each column's comment (`row key`, `family personal`), for region
+    /// tables; empty for other tables.
+    pub descriptions: Vec<String>,
+}
+
+/// Every table of the user schemas of Tidebase's database.
+pub(crate) async fn user_tables(
+    catalogs: &dyn datafusion::catalog::CatalogProviderList,
+) -> Result<Vec<UserTable>> {
+    let mut out = Vec::new();
+    let Some(db) = catalogs.catalog(crate::DATABASE_NAME) else {
+        return Ok(out);
+    };
+    for schema_name in db.schema_names() {
+        if schema_name == "pg_catalog" || schema_name == "information_schema" {
+            continue;
+        }
+        let Some(schema) = db.schema(&schema_name) else {
+            continue;
+        };
+        for table_name in schema.table_names() {
+            let Some(table) = schema.table(&table_name).await? else {
+                continue;
+            };
+            let descriptions = table
+                .downcast_ref::<crate::table::RegionTable>()
+                .map(|t| {
+                    t.def
+                        .columns
+                        .iter()
+                        .map(|c| match c.family.as_str() {
+                            "" => "row key".to_string(),
+                            f => format!("family {f}"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let key = table
+                .constraints()
+                .and_then(|cs| {
+                    cs.iter().find_map(|c| match c {
+                        Constraint::PrimaryKey(cols) => Some(cols.clone()),
+                        _ => None,
+                    })
+                })
+                .unwrap_or_default();
+            out.push(UserTable {
+                schema: schema_name.clone(),
+                name: table_name,
+                table,
+                key,
+                descriptions,
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 struct PgCatalogOverlay {
     inner: Arc<dyn SchemaProvider>,
@@ -124,69 +190,32 @@ impl PgCatalogOverlay {
     async fn keyed_tables(&self, class: Option<&[RecordBatch]>) -> Result<Vec<KeyedTable>> {
         let oids = self.relation_oids(class).await?;
         let mut out = Vec::new();
-        let Some(db) = self.catalogs.catalog(crate::DATABASE_NAME) else {
-            return Ok(out);
-        };
-        for schema_name in db.schema_names() {
-            if schema_name == "pg_catalog" || schema_name == "information_schema" {
+        for t in user_tables(self.catalogs.as_ref()).await? {
+            if t.key.is_empty() && t.descriptions.is_empty() {
                 continue;
             }
-            let Some(schema) = db.schema(&schema_name) else {
+            let Some(&(oid, namespace)) = oids.get(&(t.schema.clone(), t.name.clone())) else {
                 continue;
             };
-            for table_name in schema.table_names() {
-                let Some(table) = schema.table(&table_name).await? else {
-                    continue;
-                };
-                let descriptions: Vec<String> = table
-                    .downcast_ref::<crate::table::RegionTable>()
-                    .map(|t| {
-                        t.def
-                            .columns
-                            .iter()
-                            .map(|c| match c.family.as_str() {
-                                "" => "row key".to_string(),
-                                f => format!("family {f}"),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let key_columns = table
-                    .constraints()
-                    .and_then(|cs| {
-                        cs.iter().find_map(|c| match c {
-                            Constraint::PrimaryKey(cols) => Some(
-                                cols.iter()
-                                    .map(|i| i16::try_from(*i + 1).unwrap_or(i16::MAX))
-                                    .collect::<Vec<_>>(),
-                            ),
-                            _ => None,
-                        })
-                    })
-                    .unwrap_or_default();
-                if key_columns.is_empty() && descriptions.is_empty() {
-                    continue;
-                }
-                let Some(&(oid, namespace)) = oids.get(&(schema_name.clone(), table_name.clone()))
-                else {
-                    continue;
-                };
-                let column_names = table
+            out.push(KeyedTable {
+                oid,
+                namespace,
+                key_columns: t
+                    .key
+                    .iter()
+                    .map(|i| i16::try_from(*i + 1).unwrap_or(i16::MAX))
+                    .collect(),
+                column_names: t
+                    .table
                     .schema()
                     .fields()
                     .iter()
                     .map(|f| f.name().clone())
-                    .collect();
-                out.push(KeyedTable {
-                    schema: schema_name.clone(),
-                    name: table_name.clone(),
-                    oid,
-                    namespace,
-                    key_columns,
-                    descriptions,
-                    column_names,
-                });
-            }
+                    .collect(),
+                schema: t.schema,
+                name: t.name,
+                descriptions: t.descriptions,
+            });
         }
         Ok(out)
     }

@@ -12,9 +12,10 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// What a view computes: its schema and, at each scan, its rows.
+#[async_trait]
 pub(crate) trait BatchView: std::fmt::Debug + Send + Sync + 'static {
     fn view_schema(&self) -> SchemaRef;
-    fn batch(&self) -> Result<RecordBatch>;
+    async fn batch(&self) -> Result<RecordBatch>;
 }
 
 /// The table provider of a [`BatchView`].
@@ -38,7 +39,7 @@ impl<T: BatchView> TableProvider for View<T> {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        MemTable::try_new(self.0.view_schema(), vec![vec![self.0.batch()?]])?
+        MemTable::try_new(self.0.view_schema(), vec![vec![self.0.batch().await?]])?
             .scan(state, projection, filters, limit)
             .await
     }

@@ -203,6 +203,7 @@ pub struct SystemView {
     pub tables: Arc<RegionSchema>,
 }
 
+#[async_trait::async_trait]
 impl BatchView for SystemView {
     fn view_schema(&self) -> SchemaRef {
         let s = |n: &str| Field::new(n, DataType::Utf8, false);
@@ -231,7 +232,7 @@ impl BatchView for SystemView {
         }))
     }
 
-    fn batch(&self) -> Result<RecordBatch> {
+    async fn batch(&self) -> Result<RecordBatch> {
         let engine = self.tables.engine();
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let schema = self.view_schema();

@@ -21,6 +21,7 @@ fn schema_of(cols: &[(&str, DataType)]) -> SchemaRef {
 #[derive(Debug)]
 pub struct TopicsView(pub Arc<Topics>);
 
+#[async_trait::async_trait]
 impl BatchView for TopicsView {
     fn view_schema(&self) -> SchemaRef {
         schema_of(&[
@@ -36,7 +37,7 @@ impl BatchView for TopicsView {
         ])
     }
 
-    fn batch(&self) -> Result<RecordBatch> {
+    async fn batch(&self) -> Result<RecordBatch> {
         let mut name = Vec::new();
         let mut parts = Vec::new();
         let mut key = Vec::new();
@@ -94,6 +95,7 @@ impl BatchView for TopicsView {
 #[derive(Debug)]
 pub struct ConsumerGroupsView(pub Arc<Topics>);
 
+#[async_trait::async_trait]
 impl BatchView for ConsumerGroupsView {
     fn view_schema(&self) -> SchemaRef {
         schema_of(&[
@@ -106,7 +108,7 @@ impl BatchView for ConsumerGroupsView {
         ])
     }
 
-    fn batch(&self) -> Result<RecordBatch> {
+    async fn batch(&self) -> Result<RecordBatch> {
         let mut g = Vec::new();
         let mut t = Vec::new();
         let mut p = Vec::new();
