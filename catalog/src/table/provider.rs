@@ -337,7 +337,8 @@ impl RegionTable {
         })
     }
 
-    /// Families the columns need, the default family (row markers) first.
+    /// Families the columns need, the default family (which shows which
+    /// rows exist) first.
     fn families_for(&self, columns: &[usize]) -> Vec<String> {
         let mut fams = vec![DEFAULT_FAMILY.to_string()];
         for &c in columns {
@@ -458,8 +459,11 @@ impl RegionTable {
     }
 
     /// Mutations that write `batch` (in table-schema order) as puts. A NULL
-    /// value writes nothing (a put only carries the cells it has). Fails on
-    /// a NULL key, naming the row.
+    /// value writes nothing (a put only carries the cells it has). A row
+    /// exists while its default family has a visible cell, so a row whose
+    /// default-family columns are all NULL here also gets a marker cell
+    /// (default family, empty qualifier and value). Fails on a NULL key,
+    /// naming the row.
     pub fn put_mutations(
         &self,
         batch: &RecordBatch,
@@ -469,14 +473,18 @@ impl RegionTable {
         let mut out = Vec::with_capacity(batch.num_rows() * (batch.num_columns() + 1));
         for row in 0..batch.num_rows() {
             let key = self.row_key(batch, row, first_row)?;
-            out.push(Mutation::put(&key, DEFAULT_FAMILY, b"", ts, b""));
+            let mut marked = false;
             for (i, c) in self.def.columns.iter().enumerate() {
                 if self.def.key.contains(&i) {
                     continue;
                 }
                 if let Some(v) = encode_value(c.ty, batch.column(i), row) {
+                    marked |= c.family == DEFAULT_FAMILY;
                     out.push(Mutation::put(&key, &c.family, c.name.as_bytes(), ts, &v));
                 }
+            }
+            if !marked {
+                out.push(Mutation::put(&key, DEFAULT_FAMILY, b"", ts, b""));
             }
         }
         Ok(out)
@@ -1255,7 +1263,8 @@ struct RowAssembler<'a> {
     key_targets: Vec<Option<usize>>,
     /// Where key columns that are not projected are decoded (and dropped).
     scratch: Vec<Box<dyn ArrayBuilder>>,
-    /// The current row's marker cell was seen (the row exists).
+    /// A cell of the current row's default family was seen (the row
+    /// exists).
     exists: bool,
     /// The current row's value of each projected column, if seen.
     values: Vec<Vec<u8>>,
@@ -1304,7 +1313,7 @@ impl<'a> RowAssembler<'a> {
     }
 
     /// The projected non-key columns of `family` (qualifier, position), and
-    /// whether it is the default family (which holds the row markers).
+    /// whether it is the default family (whose cells show a row exists).
     fn columns_of(&self, family: &str) -> (Vec<(Vec<u8>, usize)>, bool) {
         let def = &self.reader.table.def;
         let columns = self
@@ -1326,9 +1335,13 @@ impl<'a> RowAssembler<'a> {
         qualifier: &[u8],
         value: &[u8],
     ) {
-        if is_default && qualifier.is_empty() {
-            self.exists = true;
-        } else if let Some((_, pos)) = columns.iter().find(|(q, _)| q.as_slice() == qualifier) {
+        // Any visible cell of the default family, its marker or a value,
+        // shows the row exists.
+        self.exists |= is_default;
+        if qualifier.is_empty() {
+            return;
+        }
+        if let Some((_, pos)) = columns.iter().find(|(q, _)| q.as_slice() == qualifier) {
             self.values[*pos].clear();
             self.values[*pos].extend_from_slice(value);
             self.present[*pos] = true;
@@ -1382,7 +1395,7 @@ impl<'a> RowAssembler<'a> {
         Ok(())
     }
 
-    /// Emits the row `key` if it exists (its marker cell is visible).
+    /// Emits the row `key` if it exists (a default-family cell is visible).
     fn end_row(&mut self, key: &[u8], emit: &mut Emit<'_>) -> Result<()> {
         let exists = std::mem::take(&mut self.exists);
         if !exists || self.done() {
