@@ -100,7 +100,11 @@ impl Catalog {
             // constraints) is a schema of the database; DataFusion's would
             // shadow it.
             .with_information_schema(false)
-            .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // Region scans come out in row-key order per partition: a window
+            // or aggregate that repartitions them merges the sorted streams
+            // instead of sorting again.
+            .set_bool("datafusion.optimizer.prefer_existing_sort", true);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

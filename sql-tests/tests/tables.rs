@@ -27,6 +27,19 @@ async fn copy_in(
     sink.finish().await
 }
 
+/// The physical and logical plans of `sql`, one line per plan line.
+async fn explain(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
+    let rows = client.simple_query(&format!("EXPLAIN {sql}")).await?;
+    let mut text = String::new();
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            text.push_str(r.get(1).unwrap_or_default());
+            text.push('\n');
+        }
+    }
+    Ok(text)
+}
+
 async fn copy_out(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
     let stream = client.copy_out(sql).await?;
     let chunks: Vec<Bytes> = stream.try_collect().await?;
@@ -131,20 +144,7 @@ async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<
              INSERT INTO tx VALUES (1, 1, 1.0), (1, 2, 2.0), (2, 1, 3.0)",
         )
         .await?;
-    let plan = |sql: &'static str| {
-        let client = &client;
-        async move {
-            let rows = client.simple_query(&format!("EXPLAIN {sql}")).await?;
-            let mut text = String::new();
-            for m in rows {
-                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                    text.push_str(r.get(1).unwrap_or_default());
-                    text.push('\n');
-                }
-            }
-            Ok::<_, anyhow::Error>(text)
-        }
-    };
+    let plan = |sql: &'static str| explain(&client, sql);
     let p = plan("SELECT name FROM emp WHERE id = 2").await?;
     assert!(p.contains("families=[0, personal]"), "{p}");
     assert!(p.contains("point_gets=1, range_scans=0"), "{p}");
@@ -503,16 +503,11 @@ async fn a_single_region_is_scanned_in_parallel_halves() -> anyhow::Result<()> {
              ALTER TABLE halves FLUSH",
         )
         .await?;
-    let explain = client
-        .simple_query("EXPLAIN SELECT user_id, sum(amount) FROM halves GROUP BY user_id")
-        .await?;
-    let plan: String = explain
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
-            _ => None,
-        })
-        .collect();
+    let plan = explain(
+        &client,
+        "SELECT user_id, sum(amount) FROM halves GROUP BY user_id",
+    )
+    .await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores >= 2 {
         assert!(
@@ -555,5 +550,12 @@ async fn a_single_region_is_scanned_in_parallel_halves() -> anyhow::Result<()> {
         })
         .sum();
     assert_eq!(running, want);
+    // Both halves come out in key order: the window merges them, no sort.
+    let plan = explain(
+        &client,
+        "SELECT sum(amount) OVER (PARTITION BY user_id ORDER BY ts) FROM halves",
+    )
+    .await?;
+    assert!(!plan.contains("SortExec"), "{plan}");
     server.stop().await
 }
