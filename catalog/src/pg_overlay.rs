@@ -15,16 +15,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, SchemaRef};
-use datafusion::catalog::Session;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider};
 use datafusion::common::{Constraint, ScalarValue};
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::error::CatalogError;
+use crate::view::View;
 
 /// Replaces the `pg_catalog` schema of `database` with the overlay.
 pub(crate) fn install(
@@ -157,11 +155,11 @@ impl SchemaProvider for PgCatalogOverlay {
             "pg_description" => KeyRelation::Description,
             "pg_class" => KeyRelation::Class,
             INDEX_DEFS => {
-                return Ok(Some(Arc::new(KeyTable {
+                return Ok(Some(Arc::new(View(KeyTable {
                     kind: KeyRelation::IndexDefs,
                     base: Arc::new(MemTable::try_new(index_defs_schema(), vec![vec![]])?),
                     overlay: self.clone(),
-                })))
+                }))))
             }
             _ => return self.inner.table(name).await,
         };
@@ -171,11 +169,11 @@ impl SchemaProvider for PgCatalogOverlay {
         // Rows are computed when the relation is scanned, not here: `pg_class`
         // resolves every table's schema (this one included) while holding its
         // OID cache, and computing rows needs that cache.
-        Ok(Some(Arc::new(KeyTable {
+        Ok(Some(Arc::new(View(KeyTable {
             kind,
             base,
             overlay: self.clone(),
-        })))
+        }))))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -288,9 +286,9 @@ fn index_defs_schema() -> SchemaRef {
     ]))
 }
 
-/// `pg_constraint`, `pg_index` or `pg_description`: the static rows plus
-/// rows for user tables (primary keys, column comments), computed at scan
-/// time.
+/// `pg_constraint`, `pg_index`, `pg_description`, `pg_class` or
+/// [`INDEX_DEFS`]: the static rows plus rows for user tables (primary keys,
+/// their indexes, column comments), computed at scan time.
 #[derive(Debug)]
 struct KeyTable {
     kind: KeyRelation,
@@ -299,8 +297,8 @@ struct KeyTable {
 }
 
 #[async_trait]
-impl TableProvider for KeyTable {
-    fn schema(&self) -> SchemaRef {
+impl crate::view::BatchView for KeyTable {
+    fn view_schema(&self) -> SchemaRef {
         match self.kind {
             KeyRelation::Constraint
             | KeyRelation::Description
@@ -310,18 +308,8 @@ impl TableProvider for KeyTable {
         }
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = self.schema();
+    async fn batch(&self) -> Result<RecordBatch> {
+        let schema = self.view_schema();
         let ctx = SessionContext::new();
         let mut batches = ctx
             .read_table(self.base.clone())?
@@ -347,9 +335,9 @@ impl TableProvider for KeyTable {
             KeyRelation::IndexDefs => index_def_rows(&schema, &keyed)?,
         };
         batches.push(batch);
-        MemTable::try_new(schema, vec![batches])?
-            .scan(state, projection, filters, limit)
-            .await
+        Ok(datafusion::arrow::compute::concat_batches(
+            &schema, &batches,
+        )?)
     }
 }
 
