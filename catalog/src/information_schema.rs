@@ -18,7 +18,7 @@ use datafusion::datasource::TableProvider;
 use datafusion::error::Result;
 
 use crate::error::CatalogError;
-use crate::pg_overlay::{user_tables, UserTable};
+use crate::pg_overlay::{primary_key_name, user_tables, UserTable};
 use crate::view::{BatchView, View};
 
 /// The schema's name.
@@ -126,33 +126,25 @@ fn columns_schema() -> SchemaRef {
 }
 
 fn table_constraints_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        text("constraint_catalog", false),
-        text("constraint_schema", false),
-        text("constraint_name", false),
-        text("table_catalog", false),
-        text("table_schema", false),
-        text("table_name", false),
+    let mut fields = constraint_fields();
+    fields.extend([
         text("constraint_type", false),
         text("is_deferrable", false),
         text("initially_deferred", false),
         text("enforced", false),
         text("nulls_distinct", true),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 fn key_column_usage_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        text("constraint_catalog", false),
-        text("constraint_schema", false),
-        text("constraint_name", false),
-        text("table_catalog", false),
-        text("table_schema", false),
-        text("table_name", false),
+    let mut fields = constraint_fields();
+    fields.extend([
         text("column_name", false),
         number("ordinal_position", false),
         number("position_in_unique_constraint", true),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 /// How PostgreSQL's `information_schema.columns` describes a column of
@@ -230,9 +222,24 @@ fn finish(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// The name of a table's primary-key constraint, as in `pg_constraint`.
-fn key_name(t: &UserTable) -> String {
-    format!("{}_pkey", t.name)
+/// The columns `table_constraints` and `key_column_usage` begin with: the
+/// constraint's name and its table's.
+fn constraint_fields() -> Vec<Field> {
+    vec![
+        text("constraint_catalog", false),
+        text("constraint_schema", false),
+        text("constraint_name", false),
+        text("table_catalog", false),
+        text("table_schema", false),
+        text("table_name", false),
+    ]
+}
+
+/// The values of [`constraint_fields`] for the primary key of `t`, whose
+/// name is `key`.
+fn constraint_values<'a>(t: &'a UserTable, key: &'a str) -> [&'a str; 6] {
+    let db = crate::DATABASE_NAME;
+    [db, &t.schema, key, db, &t.schema, &t.name]
 }
 
 impl Computed {
@@ -317,20 +324,14 @@ impl Computed {
             if t.key.is_empty() {
                 continue;
             }
-            let name = key_name(&t);
-            let row: [Option<&str>; 11] = [
-                Some(crate::DATABASE_NAME),
-                Some(&t.schema),
-                Some(&name),
-                Some(crate::DATABASE_NAME),
-                Some(&t.schema),
-                Some(&t.name),
+            let name = primary_key_name(&t.name);
+            let row = constraint_values(&t, &name).map(Some).into_iter().chain([
                 Some("PRIMARY KEY"),
                 Some("NO"),
                 Some("NO"),
                 Some("YES"),
                 None,
-            ];
+            ]);
             for (b, v) in builders.iter_mut().zip(row) {
                 b.append_option(v);
             }
@@ -347,18 +348,12 @@ impl Computed {
         let mut texts: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::new()).collect();
         let (mut position, mut unique_position) = (UInt64Builder::new(), UInt64Builder::new());
         for t in user_tables(self.catalogs.as_ref()).await? {
-            let name = key_name(&t);
+            let name = primary_key_name(&t.name);
             let fields = t.table.schema();
             for (k, &c) in t.key.iter().enumerate() {
-                let row = [
-                    crate::DATABASE_NAME,
-                    &t.schema,
-                    &name,
-                    crate::DATABASE_NAME,
-                    &t.schema,
-                    &t.name,
-                    fields.field(c).name(),
-                ];
+                let row = constraint_values(&t, &name)
+                    .into_iter()
+                    .chain([fields.field(c).name().as_str()]);
                 for (b, v) in texts.iter_mut().zip(row) {
                     b.append_value(v);
                 }

@@ -62,7 +62,7 @@ pub(crate) async fn user_tables(
         return Ok(out);
     };
     for schema_name in db.schema_names() {
-        if schema_name == "pg_catalog" || schema_name == "information_schema" {
+        if schema_name == "pg_catalog" || schema_name == crate::information_schema::NAME {
             continue;
         }
         let Some(schema) = db.schema(&schema_name) else {
@@ -129,10 +129,16 @@ struct KeyedTable {
     column_names: Vec<String>,
 }
 
+/// The name of `table`'s primary-key constraint and index, as PostgreSQL
+/// names them.
+pub(crate) fn primary_key_name(table: &str) -> String {
+    format!("{table}_pkey")
+}
+
 impl KeyedTable {
     /// The name of the primary key's constraint and index.
     fn index_name(&self) -> String {
-        format!("{}_pkey", self.name)
+        primary_key_name(&self.name)
     }
 }
 
