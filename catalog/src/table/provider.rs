@@ -484,7 +484,7 @@ impl RegionTable {
                 }
             }
             if !marked {
-                out.push(Mutation::put(&key, DEFAULT_FAMILY, b"", ts, b""));
+                out.push(row_marker(&key, ts));
             }
         }
         Ok(out)
@@ -540,6 +540,12 @@ impl RegionTable {
             .transpose()?;
         Ok((scan, predicate, schema))
     }
+}
+
+/// The cell that shows row `key` exists when its default family holds no
+/// value: default family, empty qualifier, empty value.
+fn row_marker(key: &[u8], ts: i64) -> Mutation {
+    Mutation::put(key, DEFAULT_FAMILY, b"", ts, b"")
 }
 
 fn key_constraints(def: &TableDef) -> Constraints {
@@ -741,7 +747,7 @@ impl TableProvider for RegionTable {
                         continue;
                     }
                     let key = keys.value(row);
-                    m.push(Mutation::put(key, DEFAULT_FAMILY, b"", ts, b""));
+                    m.push(row_marker(key, ts));
                     for (i, v) in &values {
                         let c = &table.def.columns[*i];
                         m.push(match encode_value(c.ty, v, row) {
