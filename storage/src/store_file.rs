@@ -162,28 +162,28 @@ impl ChunkedFile {
         (offset < chunk.1).then_some(chunk)
     }
 
-    /// `[start, start + length)` of the chunk `(chunk_start, _, column)`,
+    /// Bytes `[start, end)` of the chunk `(chunk_start, _, column)`,
     /// loading the chunk when it is not the column's one in memory.
     fn chunk_slice(
         &self,
         (chunk_start, chunk_end, column): (u64, u64, usize),
         start: u64,
-        length: usize,
+        end: u64,
     ) -> parquet::errors::Result<bytes::Bytes> {
-        let too_big =
-            |e: std::num::TryFromIntError| parquet::errors::ParquetError::External(Box::new(e));
+        let offset = |at: u64| {
+            usize::try_from(at - chunk_start)
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        };
         let mut loaded = self.loaded.lock();
         let slot = &mut loaded[column];
         let bytes = match slot {
             Some((s, bytes)) if *s == chunk_start => bytes,
             _ => {
-                let len = usize::try_from(chunk_end - chunk_start).map_err(too_big)?;
-                let bytes = self.file.get_bytes(chunk_start, len)?;
+                let bytes = self.file.get_bytes(chunk_start, offset(chunk_end)?)?;
                 &mut slot.insert((chunk_start, bytes)).1
             }
         };
-        let from = usize::try_from(start - chunk_start).map_err(too_big)?;
-        Ok(bytes.slice(from..from + length))
+        Ok(bytes.slice(offset(start)?..offset(end)?))
     }
 }
 
@@ -217,22 +217,17 @@ impl ChunkReader for ChunkedFile {
     fn get_read(&self, start: u64) -> parquet::errors::Result<ChunkedRead> {
         use bytes::Buf;
         match self.chunk_at(start) {
-            Some(chunk) => {
-                let rest = usize::try_from(chunk.1 - start)
-                    .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
-                Ok(ChunkedRead::Memory(
-                    self.chunk_slice(chunk, start, rest)?.reader(),
-                ))
-            }
+            Some(chunk) => Ok(ChunkedRead::Memory(
+                self.chunk_slice(chunk, start, chunk.1)?.reader(),
+            )),
             None => Ok(ChunkedRead::File(self.file.get_read(start)?)),
         }
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        let end = start + length as u64;
         match self.chunk_at(start) {
-            Some(chunk) if start + length as u64 <= chunk.1 => {
-                self.chunk_slice(chunk, start, length)
-            }
+            Some(chunk) if end <= chunk.1 => self.chunk_slice(chunk, start, end),
             _ => self.file.get_bytes(start, length),
         }
     }
@@ -953,40 +948,30 @@ mod tests {
             .sum::<usize>();
         let chunks = md.num_row_groups() * md.row_group(0).num_columns();
         assert!(pages > 2 * chunks, "{pages} pages in {chunks} chunks");
-        let before = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let got = f.read_range(b"", b"").unwrap();
-        let reads = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before;
+        // The cells of `[start, end)` and the file reads it took.
+        let read = |start: &[u8], end: &[u8]| {
+            let before = metrics
+                .file_reads
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let got = f.read_range(start, end).unwrap();
+            let after = metrics
+                .file_reads
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (got, after - before)
+        };
+        let (got, reads) = read(b"", b"");
         assert_eq!(got, cells);
         assert_eq!(reads, chunks as u64);
         // Half the file (a region scanned in two halves): at most its
         // chunks, each once.
-        let before = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let got = f.read_range(b"row010000", b"").unwrap();
-        let reads = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before;
+        let (got, reads) = read(b"row010000", b"");
         assert_eq!(got, cells[10_000..]);
         assert!(
             reads <= chunks as u64 / 2 + 6,
             "{reads} reads of {chunks} chunks"
         );
         // One row: a page or two per column, not whole chunks.
-        let before = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let got = f.read_range(b"row012345", b"row012346").unwrap();
-        let reads = metrics
-            .file_reads
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before;
+        let (got, reads) = read(b"row012345", b"row012346");
         assert_eq!(got, cells[12_345..12_346]);
         assert!(reads <= 12, "{reads} reads for one row");
     }
