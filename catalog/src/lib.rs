@@ -162,6 +162,18 @@ impl Catalog {
         })
     }
 
+    /// Adds a physical optimizer rule to every session opened from now on
+    /// (after DataFusion's own rules).
+    pub fn with_physical_optimizer_rule(
+        mut self,
+        rule: Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
+    ) -> Self {
+        self.template = SessionStateBuilder::new_from_existing(self.template)
+            .with_physical_optimizer_rule(rule)
+            .build();
+        self
+    }
+
     /// A new session over the shared catalog, with its own settings.
     pub fn new_session(&self, settings: SessionSettings) -> SessionContext {
         let ctx = SessionContext::new_with_state(self.template.clone());

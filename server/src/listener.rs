@@ -100,11 +100,11 @@ pub async fn run_with_kafka(
             let dir = config.data_dir.clone();
             let options = config.storage.engine_options();
             Arc::new(
-                tokio::task::spawn_blocking(move || Catalog::open(&dir, options))
-                    .await
-                    .map_err(|e| {
-                        ServerError::InvalidConfig(format!("opening the catalog: {e}"))
-                    })??,
+                tokio::task::spawn_blocking(move || {
+                    Catalog::open(&dir, options).map(tidebase_window::install)
+                })
+                .await
+                .map_err(|e| ServerError::InvalidConfig(format!("opening the catalog: {e}")))??,
             )
         },
         sql: Arc::new(PostgresCompatibilityParser::new()),

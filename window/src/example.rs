@@ -20,7 +20,7 @@ pub const CUSTOMERS: &[(&str, &str, i32)] = &[
 /// Opens a Tidebase catalog in `dir` with a `customers` table (row key
 /// (name, date)) holding [`CUSTOMERS`], and returns a session over it.
 pub async fn customers(dir: &Path) -> Result<SessionContext> {
-    let catalog = Catalog::open(dir, Default::default())?;
+    let catalog = crate::install(Catalog::open(dir, Default::default())?);
     let column = |name: &str, family: &str, ty| ColumnDef {
         name: name.into(),
         family: family.into(),

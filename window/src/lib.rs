@@ -25,6 +25,13 @@
 
 pub mod example;
 pub mod exclude;
+pub mod sorted;
+
+/// What this crate adds to every session of `catalog`: window functions
+/// over sorted input evaluated a partition at a time ([`sorted`]).
+pub fn install(catalog: tidebase_catalog::Catalog) -> tidebase_catalog::Catalog {
+    catalog.with_physical_optimizer_rule(std::sync::Arc::new(sorted::SortedWindows))
+}
 
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
