@@ -162,70 +162,47 @@ pub fn decode_key_value(
     ty: SqlType,
     builder: &mut dyn ArrayBuilder,
 ) -> Result<(), CatalogError> {
+    decode_key_values(std::iter::once((buf, pos)), ty, builder)
+}
+
+/// Decodes one key column of many keys, each at its own position (which
+/// moves past the column), into `builder`, looking up its type once.
+pub fn decode_key_values<'a, 'p>(
+    keys: impl Iterator<Item = (&'a [u8], &'p mut usize)>,
+    ty: SqlType,
+    builder: &mut dyn ArrayBuilder,
+) -> Result<(), CatalogError> {
     let b = builder.as_any_mut();
     let wrong = || corrupt("builder does not match the column type");
+    macro_rules! put {
+        ($builder:ty, $decode:expr) => {{
+            let bld = b.downcast_mut::<$builder>().ok_or_else(wrong)?;
+            for (buf, pos) in keys {
+                bld.append_value($decode(buf, pos)?);
+            }
+        }};
+    }
     match ty {
-        SqlType::Bool => {
-            let [v] = take::<1>(buf, pos)?;
-            b.downcast_mut::<BooleanBuilder>()
-                .ok_or_else(wrong)?
-                .append_value(v != 0);
-        }
-        SqlType::Int2 => {
-            let v = (u16::from_be_bytes(take(buf, pos)?) ^ (1 << 15)) as i16;
-            b.downcast_mut::<Int16Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Int4 => {
-            let v = (u32::from_be_bytes(take(buf, pos)?) ^ (1 << 31)) as i32;
-            b.downcast_mut::<Int32Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Date => {
-            let v = (u32::from_be_bytes(take(buf, pos)?) ^ (1 << 31)) as i32;
-            b.downcast_mut::<Date32Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Int8 => {
-            let v = (u64::from_be_bytes(take(buf, pos)?) ^ (1 << 63)) as i64;
-            b.downcast_mut::<Int64Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Timestamp => {
-            let v = (u64::from_be_bytes(take(buf, pos)?) ^ (1 << 63)) as i64;
-            b.downcast_mut::<TimestampMicrosecondBuilder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Float4 => {
-            let v = float32_from_key(u32::from_be_bytes(take(buf, pos)?));
-            b.downcast_mut::<Float32Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Float8 => {
-            let v = float_from_key(u64::from_be_bytes(take(buf, pos)?));
-            b.downcast_mut::<Float64Builder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Text => {
-            let v = String::from_utf8(take_escaped(buf, pos)?)
-                .map_err(|_| corrupt("key text is not UTF-8"))?;
-            b.downcast_mut::<StringBuilder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
-        SqlType::Bytea => {
-            let v = take_escaped(buf, pos)?;
-            b.downcast_mut::<BinaryBuilder>()
-                .ok_or_else(wrong)?
-                .append_value(v);
-        }
+        SqlType::Bool => put!(BooleanBuilder, |buf, pos| take::<1>(buf, pos)
+            .map(|[v]| v != 0)),
+        SqlType::Int2 => put!(Int16Builder, |buf, pos| take(buf, pos)
+            .map(|v| (u16::from_be_bytes(v) ^ (1 << 15)) as i16)),
+        SqlType::Int4 => put!(Int32Builder, |buf, pos| take(buf, pos)
+            .map(|v| (u32::from_be_bytes(v) ^ (1 << 31)) as i32)),
+        SqlType::Date => put!(Date32Builder, |buf, pos| take(buf, pos)
+            .map(|v| (u32::from_be_bytes(v) ^ (1 << 31)) as i32)),
+        SqlType::Int8 => put!(Int64Builder, |buf, pos| take(buf, pos)
+            .map(|v| (u64::from_be_bytes(v) ^ (1 << 63)) as i64)),
+        SqlType::Timestamp => put!(TimestampMicrosecondBuilder, |buf, pos| take(buf, pos)
+            .map(|v| (u64::from_be_bytes(v) ^ (1 << 63)) as i64)),
+        SqlType::Float4 => put!(Float32Builder, |buf, pos| take(buf, pos)
+            .map(|v| float32_from_key(u32::from_be_bytes(v)))),
+        SqlType::Float8 => put!(Float64Builder, |buf, pos| take(buf, pos)
+            .map(|v| float_from_key(u64::from_be_bytes(v)))),
+        SqlType::Text => put!(StringBuilder, |buf, pos| take_escaped(buf, pos).and_then(
+            |v| String::from_utf8(v).map_err(|_| corrupt("key text is not UTF-8"))
+        )),
+        SqlType::Bytea => put!(BinaryBuilder, take_escaped),
     }
     Ok(())
 }
@@ -290,59 +267,42 @@ pub fn decode_value(
     value: Option<&[u8]>,
     builder: &mut dyn ArrayBuilder,
 ) -> Result<(), CatalogError> {
+    decode_values(ty, std::iter::once(value), builder)
+}
+
+/// Appends decoded cell values (NULL for `None`) to `builder`, looking up
+/// its type once.
+pub fn decode_values<'a>(
+    ty: SqlType,
+    values: impl Iterator<Item = Option<&'a [u8]>>,
+    builder: &mut dyn ArrayBuilder,
+) -> Result<(), CatalogError> {
     let b = builder.as_any_mut();
     let wrong = || corrupt("builder does not match the column type");
     macro_rules! put {
         ($builder:ty, $decode:expr) => {{
             let bld = b.downcast_mut::<$builder>().ok_or_else(wrong)?;
-            match value {
-                None => bld.append_null(),
-                Some(v) => bld.append_value($decode(v)?),
+            for value in values {
+                match value {
+                    None => bld.append_null(),
+                    Some(v) => bld.append_value($decode(v)?),
+                }
             }
         }};
     }
     match ty {
-        SqlType::Bool => put!(BooleanBuilder, |v: &[u8]| Ok::<_, CatalogError>(
-            fixed::<1>(v)?[0] != 0
-        )),
-        SqlType::Int2 => put!(Int16Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            i16::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Int4 => put!(Int32Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            i32::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Date => put!(Date32Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            i32::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Int8 => put!(Int64Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            i64::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Timestamp => put!(
-            TimestampMicrosecondBuilder,
-            |v: &[u8]| Ok::<_, CatalogError>(i64::from_le_bytes(fixed(v)?))
-        ),
-        SqlType::Float4 => put!(Float32Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            f32::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Float8 => put!(Float64Builder, |v: &[u8]| Ok::<_, CatalogError>(
-            f64::from_le_bytes(fixed(v)?)
-        )),
-        SqlType::Text => {
-            let bld = b.downcast_mut::<StringBuilder>().ok_or_else(wrong)?;
-            match value {
-                None => bld.append_null(),
-                Some(v) => bld.append_value(
-                    std::str::from_utf8(v).map_err(|_| corrupt("text value is not UTF-8"))?,
-                ),
-            }
-        }
-        SqlType::Bytea => {
-            let bld = b.downcast_mut::<BinaryBuilder>().ok_or_else(wrong)?;
-            match value {
-                None => bld.append_null(),
-                Some(v) => bld.append_value(v),
-            }
-        }
+        SqlType::Bool => put!(BooleanBuilder, |v| fixed::<1>(v).map(|[b]| b != 0)),
+        SqlType::Int2 => put!(Int16Builder, |v| fixed(v).map(i16::from_le_bytes)),
+        SqlType::Int4 => put!(Int32Builder, |v| fixed(v).map(i32::from_le_bytes)),
+        SqlType::Date => put!(Date32Builder, |v| fixed(v).map(i32::from_le_bytes)),
+        SqlType::Int8 => put!(Int64Builder, |v| fixed(v).map(i64::from_le_bytes)),
+        SqlType::Timestamp => put!(TimestampMicrosecondBuilder, |v| fixed(v)
+            .map(i64::from_le_bytes)),
+        SqlType::Float4 => put!(Float32Builder, |v| fixed(v).map(f32::from_le_bytes)),
+        SqlType::Float8 => put!(Float64Builder, |v| fixed(v).map(f64::from_le_bytes)),
+        SqlType::Text => put!(StringBuilder, |v| std::str::from_utf8(v)
+            .map_err(|_| corrupt("text value is not UTF-8"))),
+        SqlType::Bytea => put!(BinaryBuilder, |v| Ok::<_, CatalogError>(v)),
     }
     Ok(())
 }

@@ -35,7 +35,10 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
 
-use super::codec::{self, builder, decode_key_value, decode_value, encode_key_value, encode_value};
+use super::codec::{
+    self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
+    encode_key_value, encode_value,
+};
 use super::def::{TableDef, DEFAULT_FAMILY};
 use crate::CatalogError;
 
@@ -1376,6 +1379,11 @@ impl<'a> RowAssembler<'a> {
                 }
             })
             .collect();
+        if let [only] = cursors.as_mut_slice() {
+            if only.is_default && only.columns.len() == self.value_columns() {
+                return self.one_family(only, key, emit);
+            }
+        }
         while !self.done() {
             // The smallest current row among the families.
             let mut next: Option<&[u8]> = None;
@@ -1397,6 +1405,135 @@ impl<'a> RowAssembler<'a> {
                 }
             }
             self.end_row(key, emit)?;
+        }
+        Ok(())
+    }
+
+    /// How many projected columns are not key columns.
+    fn value_columns(&self) -> usize {
+        self.reader.projection.len() - self.key_targets.iter().flatten().count()
+    }
+
+    /// Folds a region whose only scanned family is the default one and
+    /// holds every projected value column: every cell's row exists. The
+    /// rows wholly inside a batch are folded a batch at a time
+    /// ([`RowAssembler::rows_of`]); a row that goes on into the next batch
+    /// is folded cell by cell.
+    fn one_family(
+        &mut self,
+        c: &mut FamilyCursor,
+        key: &mut Vec<u8>,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        // `key` is a row whose cells so far went through `set`.
+        let mut open = false;
+        while !self.done() {
+            if c.row()?.is_none() {
+                break;
+            }
+            let n = c.row.len();
+            let mut i = c.pos;
+            if open {
+                while i < n && c.row.value(i) == key.as_slice() {
+                    self.set(&c.columns, true, c.qualifier.value(i), c.value.value(i));
+                    i += 1;
+                }
+                if i == n {
+                    c.pos = n;
+                    continue;
+                }
+                self.end_row(key, emit)?;
+            }
+            // The batch's last row may go on in the next batch.
+            let mut last = n - 1;
+            while last > i && c.row.value(last - 1) == c.row.value(n - 1) {
+                last -= 1;
+            }
+            self.rows_of(c, i, last, emit)?;
+            key.clear();
+            key.extend_from_slice(c.row.value(last));
+            for j in last..n {
+                self.set(&c.columns, true, c.qualifier.value(j), c.value.value(j));
+            }
+            open = true;
+            c.pos = n;
+        }
+        if open {
+            self.end_row(key, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Folds the whole rows of cells `[from, to)` of `c`'s batch column by
+    /// column: first where each row starts and which cell holds each
+    /// column's value, then each output column decoded in one pass.
+    fn rows_of(
+        &mut self,
+        c: &FamilyCursor,
+        from: usize,
+        to: usize,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        const NONE: u32 = u32::MAX;
+        let ncols = c.columns.len();
+        // Row r starts at cell starts[r]; its value of column k is in cell
+        // cells[r * ncols + k].
+        let mut starts: Vec<u32> = Vec::new();
+        let mut cells: Vec<u32> = Vec::new();
+        for i in from..to {
+            if i == from || c.row.value(i) != c.row.value(i - 1) {
+                starts.push(i as u32);
+                cells.extend(std::iter::repeat_n(NONE, ncols));
+            }
+            let q = c.qualifier.value(i);
+            if q.is_empty() {
+                continue;
+            }
+            if let Some(k) = c.columns.iter().position(|(name, _)| name.as_slice() == q) {
+                let r = starts.len() - 1;
+                cells[r * ncols + k] = i as u32;
+            }
+        }
+        let def = &self.reader.table.def;
+        let mut r0 = 0;
+        while r0 < starts.len() && !self.done() {
+            let mut room = self.reader.batch_size - self.rows_in_batch;
+            if let Some(l) = self.reader.limit {
+                room = room.min(l - self.rows_total);
+            }
+            let r1 = (r0 + room).min(starts.len());
+            let rows = &starts[r0..r1];
+            let mut pos = vec![0usize; rows.len()];
+            for (j, &k) in def.key.iter().enumerate() {
+                let target = match self.key_targets[j] {
+                    Some(t) => self.builders[t].as_mut(),
+                    None => self.scratch[j].as_mut(),
+                };
+                let keys = rows
+                    .iter()
+                    .map(|&i| c.row.value(i as usize))
+                    .zip(pos.iter_mut());
+                decode_key_values(keys, def.columns[k].ty, target).map_err(ext)?;
+            }
+            for (k, (_, out)) in c.columns.iter().enumerate() {
+                let ty = def.columns[self.reader.projection[*out]].ty;
+                let values = (r0..r1).map(|r| match cells[r * ncols + k] {
+                    NONE => None,
+                    i => Some(c.value.value(i as usize)),
+                });
+                decode_values(ty, values, self.builders[*out].as_mut()).map_err(ext)?;
+            }
+            if self.reader.with_row_key {
+                for &i in rows {
+                    self.row_keys.append_value(c.row.value(i as usize));
+                }
+            }
+            self.rows_in_batch += rows.len();
+            self.rows_total += rows.len();
+            if self.rows_in_batch >= self.reader.batch_size {
+                self.flush_batch(emit)?;
+            }
+            r0 = r1;
         }
         Ok(())
     }
