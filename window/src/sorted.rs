@@ -34,10 +34,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::buffer::NullBuffer;
-use datafusion::arrow::compute::{cast, concat_batches, partition, take};
+use datafusion::arrow::compute::{
+    cast, concat_batches, lexsort_to_indices, partition, take, SortColumn, SortOptions,
+};
 use datafusion::arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int64Type, SchemaRef,
 };
@@ -53,13 +55,17 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::window::{
     PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr, WindowExpr,
 };
-use datafusion::physical_expr::{OrderingRequirements, PhysicalExpr};
+use datafusion::physical_expr::{
+    LexRequirement, OrderingRequirements, PhysicalExpr, PhysicalSortExpr, PhysicalSortRequirement,
+};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec, WindowUDFExpr};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, InputOrderMode,
-    PlanProperties, RecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    InputDistributionRequirements, InputOrderMode, PlanProperties, RecordBatchStream,
 };
 use futures::{Stream, StreamExt};
 
@@ -321,6 +327,9 @@ pub struct SortedWindowExec {
     funcs: Arc<Vec<Func>>,
     partition_by: Arc<Vec<Arc<dyn PhysicalExpr>>>,
     order_by: Arc<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Sort each partition's rows by these first (the input is grouped by
+    /// partition but not ordered within).
+    sort_within: Option<Arc<Vec<PhysicalSortExpr>>>,
     distribution: InputDistributionRequirements,
     ordering: Vec<Option<OrderingRequirements>>,
     schema: SchemaRef,
@@ -348,14 +357,25 @@ impl SortedWindowExec {
             }
             funcs.push(func(e)?);
         }
+        // A sort under the window that only orders rows within partitions
+        // that already arrive together is done here, a partition at a time.
+        let (input, sort_within, ordering) = match grouped_input(input, first.as_ref()) {
+            Some((below, grouping)) => (
+                below,
+                Some(Arc::new(first.order_by().to_vec())),
+                vec![Some(OrderingRequirements::new(grouping))],
+            ),
+            None => (input.clone(), None, node.required_input_ordering()),
+        };
         Some(SortedWindowExec {
-            input: input.clone(),
+            input,
+            sort_within,
             names: exprs.iter().map(|e| e.name().to_string()).collect(),
             funcs: Arc::new(funcs),
             partition_by: Arc::new(first.partition_by().to_vec()),
             order_by: Arc::new(first.order_by().iter().map(|s| s.expr.clone()).collect()),
             distribution: node.input_distribution_requirements(),
-            ordering: node.required_input_ordering(),
+            ordering,
             schema: node.schema(),
             properties: node.properties().clone(),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -365,7 +385,12 @@ impl SortedWindowExec {
 
 impl DisplayAs for SortedWindowExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SortedWindowExec: [{}]", self.names.join(", "))
+        write!(f, "SortedWindowExec: [{}]", self.names.join(", "))?;
+        if let Some(order) = &self.sort_within {
+            let order: Vec<String> = order.iter().map(|e| e.to_string()).collect();
+            write!(f, ", sorts each partition by [{}]", order.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -429,6 +454,7 @@ impl ExecutionPlan for SortedWindowExec {
             funcs: self.funcs.clone(),
             partition_by: self.partition_by.clone(),
             order_by: self.order_by.clone(),
+            sort_within: self.sort_within.clone(),
             distribution: self.distribution.clone(),
             ordering: self.ordering.clone(),
             schema: self.schema.clone(),
@@ -448,6 +474,7 @@ impl ExecutionPlan for SortedWindowExec {
                 funcs: self.funcs.clone(),
                 partition_by: self.partition_by.clone(),
                 order_by: self.order_by.clone(),
+                sort_within: self.sort_within.clone(),
                 schema: self.schema.clone(),
             },
             pending: Vec::new(),
@@ -467,6 +494,7 @@ struct Evaluator {
     funcs: Arc<Vec<Func>>,
     partition_by: Arc<Vec<Arc<dyn PhysicalExpr>>>,
     order_by: Arc<Vec<Arc<dyn PhysicalExpr>>>,
+    sort_within: Option<Arc<Vec<PhysicalSortExpr>>>,
     schema: SchemaRef,
 }
 
@@ -480,9 +508,27 @@ fn columns(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<A
 impl Evaluator {
     /// `batch` (whole partitions) with the window columns appended.
     fn evaluate(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let n = batch.num_rows();
         let keys = columns(&self.partition_by, batch)?;
         let parts = partition(&keys)?.ranges();
+        match &self.sort_within {
+            Some(order) => {
+                let sorted = sort_partitions(batch, &parts, order)?;
+                let keys = columns(&self.partition_by, &sorted)?;
+                self.evaluate_sorted(&sorted, keys, &parts)
+            }
+            None => self.evaluate_sorted(batch, keys, &parts),
+        }
+    }
+
+    /// `batch` (whole partitions `parts`, each in window order, `keys` its
+    /// partition keys) with the window columns appended.
+    fn evaluate_sorted(
+        &self,
+        batch: &RecordBatch,
+        keys: Vec<ArrayRef>,
+        parts: &[Range<usize>],
+    ) -> Result<RecordBatch> {
+        let n = batch.num_rows();
         // Peer groups: rows equal on partition and order keys.
         let peers = if self.funcs.iter().any(Func::needs_peers) {
             let mut all = keys;
@@ -526,6 +572,94 @@ impl Evaluator {
         }
         Ok(RecordBatch::try_new(self.schema.clone(), out)?)
     }
+}
+
+/// Rows of `batch` reordered so that each partition of `parts` is sorted
+/// by `order`.
+fn sort_partitions(
+    batch: &RecordBatch,
+    parts: &[Range<usize>],
+    order: &[PhysicalSortExpr],
+) -> Result<RecordBatch> {
+    let keys: Vec<(ArrayRef, SortOptions)> = order
+        .iter()
+        .map(|e| {
+            Ok((
+                e.expr.evaluate(batch)?.into_array(batch.num_rows())?,
+                e.options,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut indices: Vec<u32> = Vec::with_capacity(batch.num_rows());
+    for p in parts {
+        let columns: Vec<SortColumn> = keys
+            .iter()
+            .map(|(k, options)| SortColumn {
+                values: k.slice(p.start, p.len()),
+                options: Some(*options),
+            })
+            .collect();
+        let local = lexsort_to_indices(&columns, None)?;
+        indices.extend(local.values().iter().map(|&i| i + p.start as u32));
+    }
+    let indices = UInt32Array::from(indices);
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// When the window's input is a sort by its partition keys and then its
+/// order keys, over rows already grouped by the partition keys (or over a
+/// repartition that can keep them grouped by merging instead), returns
+/// those grouped rows and the grouping (the partition keys in any
+/// direction): the sort within each partition is left to
+/// [`SortedWindowExec`].
+fn grouped_input(
+    input: &Arc<dyn ExecutionPlan>,
+    window: &dyn WindowExpr,
+) -> Option<(Arc<dyn ExecutionPlan>, LexRequirement)> {
+    let sort = input.downcast_ref::<SortExec>()?;
+    if sort.fetch().is_some() || !sort.preserve_partitioning() {
+        return None;
+    }
+    let (pk, ok) = (window.partition_by(), window.order_by());
+    let exprs: Vec<PhysicalSortExpr> = sort.expr().iter().cloned().collect();
+    if exprs.len() != pk.len() + ok.len() || ok.is_empty() {
+        return None;
+    }
+    let (head, tail) = exprs.split_at(pk.len());
+    if tail != ok || !head.iter().all(|h| pk.iter().any(|p| p == &h.expr)) {
+        return None;
+    }
+    let grouping = LexRequirement::new(
+        head.iter()
+            .map(|h| PhysicalSortRequirement::new(h.expr.clone(), None)),
+    )?;
+    let grouped = |plan: &Arc<dyn ExecutionPlan>| {
+        plan.equivalence_properties()
+            .ordering_satisfy_requirement(grouping.iter().cloned())
+            .unwrap_or(false)
+    };
+    let below = sort.input();
+    if grouped(below) {
+        return Some((below.clone(), grouping));
+    }
+    let repartition = below.downcast_ref::<RepartitionExec>()?;
+    if repartition.preserve_order() {
+        return None;
+    }
+    let merged: Arc<dyn ExecutionPlan> = Arc::new(
+        RepartitionExec::try_new(
+            repartition.input().clone(),
+            repartition.partitioning().clone(),
+        )
+        .ok()?
+        .with_preserve_order(),
+    );
+    grouped(&merged).then_some((merged, grouping))
 }
 
 /// Each row's peer group, as `[start, end)`.
@@ -623,7 +757,7 @@ fn shift(
             }
         }
     }
-    let indices = datafusion::arrow::array::UInt32Array::from(indices);
+    let indices = UInt32Array::from(indices);
     let taken = take(values.as_ref(), &indices, None)?;
     if !outside || default.is_null() {
         return Ok(taken);
@@ -636,11 +770,7 @@ fn shift(
         .map(|(i, j)| Some(if j.is_some() { i as u32 + 1 } else { 0 }))
         .collect();
     let both = datafusion::arrow::compute::concat(&[default.as_ref(), taken.as_ref()])?;
-    Ok(take(
-        both.as_ref(),
-        &datafusion::arrow::array::UInt32Array::from(picks),
-        None,
-    )?)
+    Ok(take(both.as_ref(), &UInt32Array::from(picks), None)?)
 }
 
 /// The frame of every row, from the partitions and the frame's bounds.

@@ -83,7 +83,10 @@ fn context(with_rule: bool) -> SessionContext {
         .step_by(13)
         .map(|s| batch.slice(s, 13.min(batch.num_rows() - s)))
         .collect();
-    let table = MemTable::try_new(batch.schema(), vec![batches])
+    // Two sorted partitions, as a region scan read in two halves gives.
+    let half = batches.len() / 2;
+    let partitions = vec![batches[..half].to_vec(), batches[half..].to_vec()];
+    let table = MemTable::try_new(batch.schema(), partitions)
         .unwrap()
         .with_sort_order(vec![vec![
             col("p").sort(true, true),
@@ -182,6 +185,38 @@ async fn aggregates_over_peer_frames_match_datafusion() {
     )
     .await;
     check(&functions, "PARTITION BY p", true).await;
+}
+
+#[tokio::test]
+async fn a_sort_within_partitions_is_done_per_partition() {
+    // The input is grouped by p but not ordered by v: the sort DataFusion
+    // plans under the window is done a partition at a time instead. Only
+    // functions whose answer does not depend on the order among peers.
+    let functions = [
+        "rank()",
+        "dense_rank()",
+        "percent_rank()",
+        "cume_dist()",
+        "sum(v)",
+        "count(*)",
+        "min(f)",
+        "max(v)",
+        "avg(f)",
+    ];
+    for window in [
+        "PARTITION BY p ORDER BY v",
+        "PARTITION BY p ORDER BY v DESC NULLS FIRST",
+        "PARTITION BY p ORDER BY f, v DESC",
+    ] {
+        check(&functions, window, true).await;
+        let (plan, _) = run(
+            &context(true),
+            &format!("SELECT rank() OVER ({window}) FROM t"),
+        )
+        .await;
+        assert!(plan.contains("sorts each partition by"), "{plan}");
+        assert!(!plan.contains("SortExec"), "{plan}");
+    }
 }
 
 #[tokio::test]
