@@ -69,6 +69,11 @@ pub struct StoreFileInfo {
     pub bytes: u64,
     /// The newest edit the file holds.
     pub max_seq: u64,
+    /// Delete markers in the file.
+    pub deletes: u64,
+    /// The most versions of one column of a row in the file (`None` for
+    /// files written before this was recorded).
+    pub versions: Option<u64>,
 }
 
 /// What a scan reads.
@@ -631,6 +636,8 @@ impl Engine {
                         cells: f.cells,
                         bytes: f.size,
                         max_seq: f.max_seq,
+                        deletes: f.deletes,
+                        versions: f.versions,
                     });
                 }
             }

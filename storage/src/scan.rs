@@ -205,7 +205,8 @@ pub(crate) struct Visible {
     column_deletes: Vec<(i64, u64)>,
     versions: u32,
     /// Keep every cell in range (deletes and all versions): a minor
-    /// compaction's rule.
+    /// compaction's rule, or a read of one source that holds only cells
+    /// it sees.
     everything: bool,
     /// A row at or past `end` was seen.
     pub done: bool,
@@ -241,8 +242,27 @@ impl Visible {
         }
     }
 
+    /// The same rules, over a source that the caller knows holds only
+    /// puts this read sees (no deletes, no more versions per column than
+    /// it reads, nothing past its snapshot, no TTL or time range): only the
+    /// row range is applied.
+    pub fn all_visible(self) -> Self {
+        Self {
+            everything: true,
+            ..self
+        }
+    }
+
+    /// The versions per column this read returns.
+    pub fn max_versions(&self) -> u32 {
+        self.max_versions
+    }
+
     /// The visible puts of `batch`, or `None` when it has none.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        if self.everything {
+            return Ok(self.clip(batch));
+        }
         let n = batch.num_rows();
         let row = batch.column(0).as_binary::<i32>();
         let qualifier = batch.column(1).as_binary::<i32>();
@@ -267,10 +287,6 @@ impl Visible {
                 self.done = true;
                 keep.append_n(n - i, false);
                 break;
-            }
-            if self.everything {
-                keep.append(true);
-                continue;
             }
             let s = seq.value(i);
             if s > self.read.snapshot {
@@ -346,6 +362,40 @@ impl Visible {
             k if k == n => Ok(Some(batch.clone())),
             _ => Ok(Some(arrow::compute::filter_record_batch(batch, &mask)?)),
         }
+    }
+}
+
+impl Visible {
+    /// The cells of `batch` (sorted by row) inside `[start, end)`, sliced
+    /// without copying; `None` when there are none.
+    fn clip(&mut self, batch: &RecordBatch) -> Option<RecordBatch> {
+        let row = batch.column(0).as_binary::<i32>();
+        let n = batch.num_rows();
+        let below = |bound: &[u8]| {
+            // The first index whose row is at or past `bound`.
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if row.value(mid) < bound {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let from = if n > 0 && row.value(0) < self.start.as_slice() {
+            below(&self.start)
+        } else {
+            0
+        };
+        let to = if n > 0 && !self.end.is_empty() && row.value(n - 1) >= self.end.as_slice() {
+            self.done = true;
+            below(&self.end)
+        } else {
+            n
+        };
+        (from < to).then(|| batch.slice(from, to - from))
     }
 }
 

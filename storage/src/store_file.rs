@@ -56,6 +56,11 @@ pub struct StoreFile {
     pub mid_row: Vec<u8>,
     pub max_seq: u64,
     pub cells: u64,
+    /// Delete markers in the file.
+    pub deletes: u64,
+    /// The most versions any one column of a row has in the file (absent
+    /// in files written before it was recorded).
+    pub versions: Option<u64>,
     pub size: u64,
     bloom: Option<Bloom>,
     bloom_kind: BloomKind,
@@ -369,6 +374,9 @@ fn write_tmp(
     let (mut max_seq, mut deletes, mut cells) = (0u64, 0u64, 0u64);
     let mut first_row: Option<Vec<u8>> = None;
     let mut last_row = Vec::new();
+    // Versions of the current column so far, and the most of any column.
+    let (mut run, mut versions) = (0u64, 0u64);
+    let mut last_qualifier = Vec::new();
     let mut samples: Vec<Vec<u8>> = Vec::new();
     for batch in std::iter::once(Ok(first)).chain(batches) {
         let batch = batch?;
@@ -384,6 +392,14 @@ fn write_tmp(
             .count() as u64;
         for i in 0..batch.num_rows() {
             let r = row.value(i);
+            let q = qualifier.value(i);
+            let same_column = if i > 0 {
+                row.value(i - 1) == r && qualifier.value(i - 1) == q
+            } else {
+                cells > 0 && last_row.as_slice() == r && last_qualifier.as_slice() == q
+            };
+            run = if same_column { run + 1 } else { 1 };
+            versions = versions.max(run);
             if let Some(b) = bloom.as_mut() {
                 // Row keys repeat for every column of a row: add each once.
                 let repeat = options.bloom == BloomKind::Row
@@ -407,6 +423,7 @@ fn write_tmp(
             first_row = Some(row.value(0).to_vec());
         }
         last_row = row.value(batch.num_rows() - 1).to_vec();
+        last_qualifier = qualifier.value(batch.num_rows() - 1).to_vec();
         writer.write(&batch).map_err(pq)?;
     }
     let first = first_row.unwrap_or_default();
@@ -420,6 +437,7 @@ fn write_tmp(
         ("tidebase.max_seq", max_seq.to_string()),
         ("tidebase.cells", cells.to_string()),
         ("tidebase.deletes", deletes.to_string()),
+        ("tidebase.versions", versions.to_string()),
         ("tidebase.bloom_kind", options.bloom.name().to_string()),
     ];
     if let Some(b) = &bloom {
@@ -562,6 +580,13 @@ impl StoreFile {
             cells: get("tidebase.cells")?
                 .parse()
                 .map_err(|_| corrupted("bad cell count"))?,
+            deletes: get("tidebase.deletes")?
+                .parse()
+                .map_err(|_| corrupted("bad delete count"))?,
+            versions: kv
+                .get("tidebase.versions")
+                .map(|v| v.parse().map_err(|_| corrupted("bad version count")))
+                .transpose()?,
             size,
             bloom,
             bloom_kind,

@@ -315,6 +315,94 @@ fn versions_flush_compaction_split_and_merge_keep_the_answers() {
     assert_eq!(versions(&e), vec![5, 4, 3]);
 }
 
+#[test]
+fn a_scan_of_one_file_hides_exactly_what_the_read_rules_hide() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), tiny()).unwrap();
+    let three = vec![(
+        "f".to_string(),
+        FamilyOptions {
+            max_versions: 3,
+            ..Default::default()
+        },
+    )];
+    e.create_table("t", three.clone()).unwrap();
+    let put =
+        |row: &str, ts: i64, v: &str| Mutation::put(row.as_bytes(), "f", b"q", ts, v.as_bytes());
+    let rows: Vec<Mutation> = (0..50).map(|i| put(&format!("r{i:02}"), 1, "a")).collect();
+    e.write("t", rows).unwrap();
+    e.flush("t").unwrap();
+    e.compact("t", true).unwrap();
+    let files = e.store_files("t").unwrap();
+    assert_eq!(
+        (files.len(), files[0].deletes, files[0].versions),
+        (1, 0, Some(1))
+    );
+    let scan = |start: &str, end: &str, read: ReadOptions| {
+        let opts = ScanOptions {
+            batch_size: 7,
+            read,
+            ..ScanOptions::range(start.as_bytes(), end.as_bytes())
+        };
+        cells(&e.scan("t", &opts).unwrap())
+            .into_iter()
+            .map(|(r, _, _, v)| (String::from_utf8(r).unwrap(), String::from_utf8(v).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let newest = ReadOptions::default();
+    let got = scan("r10", "r20", newest.clone());
+    assert_eq!(got.len(), 10);
+    assert_eq!((got[0].0.as_str(), got[9].0.as_str()), ("r10", "r19"));
+    // Ranges that start or end between rows, inside one batch.
+    assert_eq!(scan("r105", "r125", newest.clone()).len(), 2);
+    assert_eq!(scan("r485", "", newest.clone()).len(), 1);
+    // A snapshot older than the file sees none of it.
+    let before = ReadOptions {
+        snapshot: 0,
+        ..Default::default()
+    };
+    assert!(scan("", "", before).is_empty());
+
+    // Two versions of r05 in one file: a read of one version gets the
+    // newest, a read of three gets both.
+    e.write("t", vec![put("r05", 2, "b")]).unwrap();
+    e.flush("t").unwrap();
+    e.compact("t", true).unwrap();
+    let files = e.store_files("t").unwrap();
+    assert_eq!((files.len(), files[0].versions), (1, Some(2)));
+    assert_eq!(
+        scan("r05", "r06", newest.clone()),
+        vec![("r05".into(), "b".into())]
+    );
+    let all = ReadOptions {
+        max_versions: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        scan("r05", "r06", all),
+        vec![("r05".into(), "b".into()), ("r05".into(), "a".into())]
+    );
+
+    // A file with a delete marker: the deleted cell stays hidden.
+    e.create_table("u", three).unwrap();
+    e.write(
+        "u",
+        vec![
+            Mutation::put(b"x", "f", b"q", 1, b"gone"),
+            Mutation::put(b"y", "f", b"q", 1, b"kept"),
+        ],
+    )
+    .unwrap();
+    e.write("u", vec![Mutation::delete(b"x", "f", b"q", 1)])
+        .unwrap();
+    e.flush("u").unwrap();
+    let files = e.store_files("u").unwrap();
+    assert_eq!((files.len(), files[0].deletes), (1, 1));
+    let got = cells(&e.scan("u", &ScanOptions::range(b"", b"")).unwrap());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, b"y");
+}
+
 /// Cells of rows `row...` scanned in batches of 100.
 #[test]
 fn a_get_for_a_missing_row_reads_no_data_page() {
