@@ -134,7 +134,7 @@ enum Agg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Rank {
+enum Ranking {
     RowNumber,
     Rank,
     DenseRank,
@@ -151,7 +151,7 @@ enum Func {
         start: Bound,
         end: Bound,
     },
-    Rank(Rank),
+    Rank(Ranking),
     /// `lag` (positive offset) or `lead` (negative).
     Shift {
         arg: Arc<dyn PhysicalExpr>,
@@ -164,7 +164,7 @@ impl Func {
     fn needs_peers(&self) -> bool {
         match self {
             Func::Aggregate { start, end, .. } => *start == Bound::Peer || *end == Bound::Peer,
-            Func::Rank(r) => *r != Rank::RowNumber,
+            Func::Rank(r) => *r != Ranking::RowNumber,
             Func::Shift { .. } => false,
         }
     }
@@ -267,11 +267,11 @@ fn standard(expr: &StandardWindowExpr) -> Option<Func> {
     let args = udwf.args();
     let rank = |r| args.is_empty().then_some(Func::Rank(r));
     match udwf.fun().name() {
-        "row_number" => rank(Rank::RowNumber),
-        "rank" => rank(Rank::Rank),
-        "dense_rank" => rank(Rank::DenseRank),
-        "percent_rank" => rank(Rank::PercentRank),
-        "cume_dist" => rank(Rank::CumeDist),
+        "row_number" => rank(Ranking::RowNumber),
+        "rank" => rank(Ranking::Rank),
+        "dense_rank" => rank(Ranking::DenseRank),
+        "percent_rank" => rank(Ranking::PercentRank),
+        "cume_dist" => rank(Ranking::CumeDist),
         name @ ("lag" | "lead") => {
             let arg = args.first()?.clone();
             let offset = match args.get(1).map(literal) {
@@ -541,7 +541,7 @@ impl Evaluator {
         for (i, f) in self.funcs.iter().enumerate() {
             let ty = self.schema.field(batch.num_columns() + i).data_type();
             let array = match f {
-                Func::Rank(r) => rank(*r, &parts, peers.as_ref(), n),
+                Func::Rank(r) => rank(*r, parts, peers.as_ref(), n),
                 Func::Shift {
                     arg,
                     offset,
@@ -550,7 +550,7 @@ impl Evaluator {
                     &arg.evaluate(batch)?.into_array(n)?,
                     *offset,
                     default,
-                    &parts,
+                    parts,
                     ty,
                 )?,
                 Func::Aggregate {
@@ -560,7 +560,7 @@ impl Evaluator {
                     end,
                 } => {
                     let frames = Frames {
-                        parts: &parts,
+                        parts,
                         peers: peers.as_ref(),
                         start: *start,
                         end: *end,
@@ -680,8 +680,8 @@ impl Peers {
     }
 }
 
-fn rank(r: Rank, parts: &[Range<usize>], peers: Option<&Peers>, n: usize) -> ArrayRef {
-    if r == Rank::RowNumber {
+fn rank(r: Ranking, parts: &[Range<usize>], peers: Option<&Peers>, n: usize) -> ArrayRef {
+    if r == Ranking::RowNumber {
         let mut v = Vec::with_capacity(n);
         for p in parts {
             v.extend(1..=p.len() as u64);
@@ -690,7 +690,7 @@ fn rank(r: Rank, parts: &[Range<usize>], peers: Option<&Peers>, n: usize) -> Arr
     }
     let peers = peers.expect("ranks read peer groups");
     match r {
-        Rank::Rank | Rank::DenseRank => {
+        Ranking::Rank | Ranking::DenseRank => {
             let mut v = Vec::with_capacity(n);
             for p in parts {
                 let mut dense = 0u64;
@@ -699,7 +699,7 @@ fn rank(r: Rank, parts: &[Range<usize>], peers: Option<&Peers>, n: usize) -> Arr
                     if s == i {
                         dense += 1;
                     }
-                    v.push(if r == Rank::Rank {
+                    v.push(if r == Ranking::Rank {
                         (s - p.start + 1) as u64
                     } else {
                         dense
@@ -713,7 +713,7 @@ fn rank(r: Rank, parts: &[Range<usize>], peers: Option<&Peers>, n: usize) -> Arr
             for p in parts {
                 let len = p.len() as f64;
                 for i in p.clone() {
-                    v.push(if r == Rank::PercentRank {
+                    v.push(if r == Ranking::PercentRank {
                         if p.len() <= 1 {
                             0.0
                         } else {

@@ -302,7 +302,7 @@ pub fn decode_values<'a>(
         SqlType::Float8 => put!(Float64Builder, |v| fixed(v).map(f64::from_le_bytes)),
         SqlType::Text => put!(StringBuilder, |v| std::str::from_utf8(v)
             .map_err(|_| corrupt("text value is not UTF-8"))),
-        SqlType::Bytea => put!(BinaryBuilder, |v| Ok::<_, CatalogError>(v)),
+        SqlType::Bytea => put!(BinaryBuilder, Ok::<_, CatalogError>),
     }
     Ok(())
 }
