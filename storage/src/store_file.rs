@@ -393,21 +393,21 @@ fn write_tmp(
         for i in 0..batch.num_rows() {
             let r = row.value(i);
             let q = qualifier.value(i);
-            let same_column = if i > 0 {
-                row.value(i - 1) == r && qualifier.value(i - 1) == q
+            let (prev_row, prev_qualifier) = if i > 0 {
+                (row.value(i - 1), qualifier.value(i - 1))
             } else {
-                cells > 0 && last_row.as_slice() == r && last_qualifier.as_slice() == q
+                (last_row.as_slice(), last_qualifier.as_slice())
             };
-            run = if same_column { run + 1 } else { 1 };
+            let same_row = cells > 0 && prev_row == r;
+            run = if same_row && prev_qualifier == q {
+                run + 1
+            } else {
+                1
+            };
             versions = versions.max(run);
             if let Some(b) = bloom.as_mut() {
                 // Row keys repeat for every column of a row: add each once.
-                let repeat = options.bloom == BloomKind::Row
-                    && (if i > 0 {
-                        row.value(i - 1) == r
-                    } else {
-                        last_row.as_slice() == r
-                    });
+                let repeat = options.bloom == BloomKind::Row && same_row;
                 if !repeat {
                     if let Some(k) = bloom_key(options.bloom, r, qualifier.value(i)) {
                         b.insert(&k);

@@ -510,24 +510,13 @@ impl Evaluator {
     fn evaluate(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let keys = columns(&self.partition_by, batch)?;
         let parts = partition(&keys)?.ranges();
-        match &self.sort_within {
-            Some(order) => {
-                let sorted = sort_partitions(batch, &parts, order)?;
-                let keys = columns(&self.partition_by, &sorted)?;
-                self.evaluate_sorted(&sorted, keys, &parts)
-            }
-            None => self.evaluate_sorted(batch, keys, &parts),
-        }
-    }
-
-    /// `batch` (whole partitions `parts`, each in window order, `keys` its
-    /// partition keys) with the window columns appended.
-    fn evaluate_sorted(
-        &self,
-        batch: &RecordBatch,
-        keys: Vec<ArrayRef>,
-        parts: &[Range<usize>],
-    ) -> Result<RecordBatch> {
+        // Reordering rows within a partition leaves its key columns as they
+        // were: `keys` and `parts` still hold.
+        let batch = &match &self.sort_within {
+            Some(order) => sort_partitions(batch, &parts, order)?,
+            None => batch.clone(),
+        };
+        let parts = parts.as_slice();
         let n = batch.num_rows();
         // Peer groups: rows equal on partition and order keys.
         let peers = if self.funcs.iter().any(Func::needs_peers) {
@@ -921,9 +910,10 @@ fn typed<T: ArrowPrimitiveType>(values: &ArrayRef) -> &PrimitiveArray<T> {
 /// An aggregate over every row's frame, as an array of type `ty`.
 fn fold(agg: Agg, values: &ArrayRef, frames: &Frames<'_>, ty: &DataType) -> Result<ArrayRef> {
     if agg == Agg::Count {
-        let ones = vec![0i64; values.len()];
+        // A count reads only which values are NULL.
+        let zeros = vec![0i64; values.len()];
         let nulls = values.logical_nulls();
-        let states = fold_frames(Agg::Sum, &ones, nulls.as_ref(), frames);
+        let states = fold_frames(Agg::Sum, &zeros, nulls.as_ref(), frames);
         let counts: Vec<i64> = states.iter().map(|s| s.count).collect();
         return Ok(Arc::new(Int64Array::from(counts)));
     }
