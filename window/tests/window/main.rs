@@ -1,0 +1,5 @@
+//! Integration tests of the window crate, in one test binary (each binary
+//! links all of DataFusion).
+
+mod customers;
+mod sorted;
