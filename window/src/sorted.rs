@@ -45,13 +45,13 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{WindowFrame, WindowFrameBound, WindowFrameUnits};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::window::{
     PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr, WindowExpr,
 };
@@ -59,15 +59,19 @@ use datafusion::physical_expr::{
     LexRequirement, OrderingRequirements, PhysicalExpr, PhysicalSortExpr, PhysicalSortRequirement,
 };
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec, WindowUDFExpr};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
-    InputDistributionRequirements, InputOrderMode, PlanProperties, RecordBatchStream,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    InputDistributionRequirements, InputOrderMode, Partitioning, PlanProperties, RecordBatchStream,
 };
 use futures::{Stream, StreamExt};
+use tidebase_catalog::table::provider::RegionScanExec;
 
 /// The widest frame (in rows) folded row by row when its start moves.
 pub const MAX_DIRECT_WIDTH: u64 = 64;
@@ -84,25 +88,7 @@ impl PhysicalOptimizerRule for SortedWindows {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            // Both of DataFusion's window operators read input sorted by
-            // the partition and order keys; the bounded one says so by its
-            // mode (it also runs over partially sorted input).
-            let window = if let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() {
-                (w.input_order_mode == InputOrderMode::Sorted).then(|| (w.input(), w.window_expr()))
-            } else {
-                node.downcast_ref::<WindowAggExec>()
-                    .map(|w| (w.input(), w.window_expr()))
-            };
-            let Some((input, exprs)) = window else {
-                return Ok(Transformed::no(node));
-            };
-            match SortedWindowExec::of(input, exprs, &node) {
-                Some(exec) => Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>)),
-                None => Ok(Transformed::no(node)),
-            }
-        })
-        .map(|t| t.data)
+        rewrite(plan, false)
     }
 
     fn name(&self) -> &str {
@@ -111,6 +97,50 @@ impl PhysicalOptimizerRule for SortedWindows {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// Rewrites `plan` bottom-up. `partitioned` says whether something above
+/// relies on how `plan`'s output is partitioned (a hash join, an
+/// aggregate's final phase, ...); where nothing does, a window may read a
+/// scan whose partitions keep its groups together instead of a hash
+/// repartition of it.
+fn rewrite(plan: Arc<dyn ExecutionPlan>, partitioned: bool) -> Result<Arc<dyn ExecutionPlan>> {
+    let requirements = plan.input_distribution_requirements();
+    // These make a partitioning of their own; anything else may hand its
+    // input's partitioning on.
+    let resets = plan.downcast_ref::<RepartitionExec>().is_some()
+        || plan.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || plan.downcast_ref::<SortPreservingMergeExec>().is_some();
+    let children = plan.children();
+    // Of several inputs, partitions may have to line up (a partitioned
+    // join, an interleave): count each as relied on.
+    let several = children.len() > 1;
+    let mut new_children = Vec::with_capacity(children.len());
+    for (i, child) in children.into_iter().enumerate() {
+        let required = !matches!(
+            requirements.child_distribution(i),
+            None | Some(Distribution::UnspecifiedDistribution)
+        );
+        let child_partitioned = required || several || (partitioned && !resets);
+        new_children.push(rewrite(child.clone(), child_partitioned)?);
+    }
+    let plan = replace_children_if_necessary(plan, new_children)?;
+    // Both of DataFusion's window operators read input sorted by the
+    // partition and order keys; the bounded one says so by its mode (it
+    // also runs over partially sorted input).
+    let window = if let Some(w) = plan.downcast_ref::<BoundedWindowAggExec>() {
+        (w.input_order_mode == InputOrderMode::Sorted).then(|| (w.input(), w.window_expr()))
+    } else {
+        plan.downcast_ref::<WindowAggExec>()
+            .map(|w| (w.input(), w.window_expr()))
+    };
+    let Some((input, exprs)) = window else {
+        return Ok(plan);
+    };
+    match SortedWindowExec::of(input, exprs, &plan, !partitioned) {
+        Some(exec) => Ok(Arc::new(exec)),
+        None => Ok(plan),
     }
 }
 
@@ -340,10 +370,14 @@ pub struct SortedWindowExec {
 impl SortedWindowExec {
     /// The operator that can stand in for the window operator `node`
     /// (which evaluates `exprs` over `input`), if it knows every function.
+    /// With `regroup` (nothing above relies on the window's output
+    /// partitioning), a hash repartition of a region scan under it gives
+    /// way to the scan with partitions that keep each group together.
     fn of(
         input: &Arc<dyn ExecutionPlan>,
         exprs: &[Arc<dyn WindowExpr>],
         node: &Arc<dyn ExecutionPlan>,
+        regroup: bool,
     ) -> Option<SortedWindowExec> {
         let first = exprs.first()?;
         if first.partition_by().is_empty() {
@@ -367,6 +401,34 @@ impl SortedWindowExec {
             ),
             None => (input.clone(), None, node.required_input_ordering()),
         };
+        let mut distribution = node.input_distribution_requirements();
+        let mut properties = node.properties().clone();
+        let regrouped = regroup
+            .then(|| grouped_scan(&input, first.partition_by()))
+            .flatten()
+            .filter(|scan| match ordering.first() {
+                Some(Some(required)) => scan
+                    .equivalence_properties()
+                    .ordering_satisfy_requirement(required.first().iter().cloned())
+                    .unwrap_or(false),
+                _ => true,
+            });
+        let input = match regrouped {
+            Some(scan) => {
+                // The scan's partitions hold whole groups: no distribution
+                // is asked of it, and the output is partitioned like it.
+                distribution =
+                    InputDistributionRequirements::new(vec![Distribution::UnspecifiedDistribution]);
+                properties = Arc::new(PlanProperties::new(
+                    properties.eq_properties.clone(),
+                    scan.output_partitioning().clone(),
+                    properties.emission_type,
+                    properties.boundedness,
+                ));
+                scan
+            }
+            None => input,
+        };
         Some(SortedWindowExec {
             input,
             sort_within,
@@ -374,10 +436,10 @@ impl SortedWindowExec {
             funcs: Arc::new(funcs),
             partition_by: Arc::new(first.partition_by().to_vec()),
             order_by: Arc::new(first.order_by().iter().map(|s| s.expr.clone()).collect()),
-            distribution: node.input_distribution_requirements(),
+            distribution,
             ordering,
             schema: node.schema(),
-            properties: node.properties().clone(),
+            properties,
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -649,6 +711,28 @@ fn grouped_input(
         .with_preserve_order(),
     );
     grouped(&merged).then_some((merged, grouping))
+}
+
+/// `input`, a hash repartition of a region scan by the window's partition
+/// keys, replaced by the scan with partitions cut only between groups
+/// (when the keys are the leading columns of the row key).
+fn grouped_scan(
+    input: &Arc<dyn ExecutionPlan>,
+    partition_by: &[Arc<dyn PhysicalExpr>],
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let repartition = input.downcast_ref::<RepartitionExec>()?;
+    let Partitioning::Hash(hashed, _) = repartition.partitioning() else {
+        return None;
+    };
+    if hashed.len() != partition_by.len() || !hashed.iter().all(|h| partition_by.contains(h)) {
+        return None;
+    }
+    let scan = repartition.input().downcast_ref::<RegionScanExec>()?;
+    let columns = partition_by
+        .iter()
+        .map(|e| e.downcast_ref::<Column>().map(Column::index))
+        .collect::<Option<Vec<usize>>>()?;
+    Some(Arc::new(scan.grouped_by(&columns)?))
 }
 
 /// Each row's peer group, as `[start, end)`.

@@ -155,6 +155,36 @@ pub fn encode_key_value(out: &mut Vec<u8>, ty: SqlType, array: &ArrayRef, row: u
     true
 }
 
+/// Where the first `types.len()` columns of the encoded key `key` end:
+/// the length of that prefix, or of the whole key when it ends at a column
+/// boundary before them. `None` when the key ends inside a column or is
+/// not a valid encoding. Every key extending the returned prefix shares
+/// those columns' values, and every other key sorts wholly before or
+/// after them.
+pub fn key_prefix_len(key: &[u8], types: &[SqlType]) -> Option<usize> {
+    let mut pos = 0;
+    for &ty in types {
+        if pos == key.len() {
+            break;
+        }
+        let width = match ty {
+            SqlType::Bool => 1,
+            SqlType::Int2 => 2,
+            SqlType::Int4 | SqlType::Date | SqlType::Float4 => 4,
+            SqlType::Int8 | SqlType::Timestamp | SqlType::Float8 => 8,
+            SqlType::Text | SqlType::Bytea => {
+                take_escaped(key, &mut pos).ok()?;
+                continue;
+            }
+        };
+        pos += width;
+        if pos > key.len() {
+            return None;
+        }
+    }
+    Some(pos)
+}
+
 /// Decodes one key column at `pos` into `builder` (made by [`builder`]).
 pub fn decode_key_value(
     buf: &[u8],
@@ -403,6 +433,26 @@ mod tests {
             prop_assert_eq!(pos, k.len());
             let t = finish(t);
             prop_assert_eq!(t.as_string::<i32>().value(0), a.0.as_str());
+        }
+
+        #[test]
+        fn a_key_prefix_ends_where_its_columns_end(
+            text in "[a\\x00b]{0,4}", n in any::<i64>(), cut in 0usize..40,
+        ) {
+            let texts: ArrayRef = Arc::new(StringArray::from(vec![text.clone()]));
+            let ints: ArrayRef = Arc::new(Int64Array::from(vec![n]));
+            let first = key_of(SqlType::Text, &texts, 0);
+            let mut key = first.clone();
+            key.extend(key_of(SqlType::Int8, &ints, 0));
+            let types = [SqlType::Text, SqlType::Int8];
+            prop_assert_eq!(key_prefix_len(&key, &types[..1]), Some(first.len()));
+            prop_assert_eq!(key_prefix_len(&key, &types), Some(key.len()));
+            // A key cut short: at a column boundary it is its own prefix;
+            // inside a column there is none.
+            let short = &key[..cut.min(key.len())];
+            let at_boundary = [0, first.len(), key.len()].contains(&short.len());
+            let want = at_boundary.then_some(short.len());
+            prop_assert_eq!(key_prefix_len(short, &types), want);
         }
 
         #[test]

@@ -39,7 +39,7 @@ use super::codec::{
     self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
     encode_key_value, encode_value,
 };
-use super::def::{TableDef, DEFAULT_FAMILY};
+use super::def::{SqlType, TableDef, DEFAULT_FAMILY};
 use crate::CatalogError;
 
 /// Timestamps for writes: wall-clock milliseconds that never go backwards,
@@ -456,6 +456,7 @@ impl RegionTable {
             partitions,
             limit,
             with_row_key,
+            grouped_by: Vec::new(),
             schema,
             properties,
         })
@@ -991,8 +992,129 @@ pub struct RegionScanExec {
     partitions: Vec<Vec<KeyScan>>,
     limit: Option<usize>,
     with_row_key: bool,
+    /// Names of the leading key columns whose equal values never straddle
+    /// two partitions (empty: partitions are cut anywhere).
+    grouped_by: Vec<String>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+}
+
+impl RegionScanExec {
+    /// The same scan with its partitions cut only between rows that differ
+    /// in the key columns at `columns` (positions in this scan's output):
+    /// each partition then holds every row of the groups it starts, which
+    /// is what a window `PARTITION BY` those columns needs from its input,
+    /// without a hash repartition. `None` unless those columns are exactly
+    /// the first ones of the row key and the scan is made of ranges.
+    ///
+    /// A cut between partitions that falls inside a group moves to where
+    /// the group starts: the later partition also reads the group's rows
+    /// from the end of the earlier one (a range of its region), so both
+    /// stay in key order. Floating-point key columns are refused: two keys
+    /// that differ in bytes (`0.0` and `-0.0`) are one value in SQL.
+    pub fn grouped_by(&self, columns: &[usize]) -> Option<RegionScanExec> {
+        let def = &self.table.def;
+        let n = columns.len();
+        let mut seen = vec![false; def.key.len()];
+        for &c in columns {
+            let table_col = *self.projection.get(c)?;
+            let j = def.key.iter().position(|&k| k == table_col)?;
+            if j >= n || std::mem::replace(&mut seen[j], true) {
+                return None;
+            }
+        }
+        let types: Vec<SqlType> = def.key[..n].iter().map(|&k| def.columns[k].ty).collect();
+        if n == 0
+            || types
+                .iter()
+                .any(|t| matches!(t, SqlType::Float4 | SqlType::Float8))
+        {
+            return None;
+        }
+        let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::with_capacity(self.partitions.len());
+        for p in &self.partitions {
+            let mut ranges = Vec::with_capacity(p.len());
+            for s in p {
+                match s {
+                    KeyScan::Range(lo, hi) => ranges.push((lo.clone(), hi.clone())),
+                    KeyScan::Point(_) if self.partitions.len() == 1 => {
+                        ranges.clear();
+                        break;
+                    }
+                    KeyScan::Point(_) => return None,
+                }
+            }
+            parts.push(ranges);
+        }
+        if parts.len() > 1 {
+            for i in 1..parts.len() {
+                let Some(start) = parts[i].first().map(|r| r.0.clone()) else {
+                    continue;
+                };
+                let cut = start[..codec::key_prefix_len(&start, &types)?].to_vec();
+                if cut == start {
+                    continue;
+                }
+                // Everything of the partitions before at or past the group's
+                // start moves to the front of this one (a group may span
+                // more than one partition: take from each, latest last).
+                let mut moved = Vec::new();
+                for earlier in parts[..i].iter_mut().rev() {
+                    let mut keep = Vec::with_capacity(earlier.len());
+                    let mut tail = Vec::new();
+                    for (lo, hi) in earlier.drain(..) {
+                        if !hi.is_empty() && hi <= cut {
+                            keep.push((lo, hi));
+                        } else if lo >= cut {
+                            tail.push((lo, hi));
+                        } else {
+                            keep.push((lo, cut.clone()));
+                            tail.push((cut.clone(), hi));
+                        }
+                    }
+                    *earlier = keep;
+                    tail.append(&mut moved);
+                    moved = tail;
+                }
+                moved.append(&mut parts[i]);
+                parts[i] = moved;
+            }
+            parts.retain(|p| !p.is_empty());
+        }
+        let partitions: Vec<Vec<KeyScan>> = if self.partitions.len() == 1 {
+            self.partitions.clone()
+        } else {
+            parts
+                .into_iter()
+                .map(|p| {
+                    p.into_iter()
+                        .map(|(lo, hi)| KeyScan::Range(lo, hi))
+                        .collect()
+                })
+                .collect()
+        };
+        let properties = Arc::new(PlanProperties::new(
+            self.properties.eq_properties.clone(),
+            Partitioning::UnknownPartitioning(partitions.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Some(RegionScanExec {
+            table: self.table.clone_with_as_of(),
+            projection: self.projection.clone(),
+            families: self.families.clone(),
+            regions: self.regions,
+            partitions,
+            limit: self.limit,
+            with_row_key: self.with_row_key,
+            grouped_by: def.key[..n]
+                .iter()
+                .map(|&k| def.columns[k].name.clone())
+                .collect(),
+            schema: self.schema.clone(),
+            properties,
+        })
+    }
 }
 
 impl DisplayAs for RegionScanExec {
@@ -1019,6 +1141,13 @@ impl DisplayAs for RegionScanExec {
         }
         if let Some(t) = self.table.as_of {
             write!(f, ", as_of_ms={t}")?;
+        }
+        if !self.grouped_by.is_empty() {
+            write!(
+                f,
+                ", partitions_grouped_by=[{}]",
+                self.grouped_by.join(", ")
+            )?;
         }
         Ok(())
     }

@@ -2,4 +2,5 @@
 //! links all of DataFusion).
 
 mod customers;
+mod regrouped;
 mod sorted;
