@@ -167,22 +167,43 @@ pub fn key_prefix_len(key: &[u8], types: &[SqlType]) -> Option<usize> {
         if pos == key.len() {
             break;
         }
-        let width = match ty {
-            SqlType::Bool => 1,
-            SqlType::Int2 => 2,
-            SqlType::Int4 | SqlType::Date | SqlType::Float4 => 4,
-            SqlType::Int8 | SqlType::Timestamp | SqlType::Float8 => 8,
-            SqlType::Text | SqlType::Bytea => {
-                take_escaped(key, &mut pos).ok()?;
-                continue;
-            }
-        };
-        pos += width;
-        if pos > key.len() {
-            return None;
-        }
+        skip_key_value(key, &mut pos, ty).ok()?;
     }
     Some(pos)
+}
+
+/// Moves `pos` past one key column of type `ty` without decoding it.
+pub fn skip_key_value(buf: &[u8], pos: &mut usize, ty: SqlType) -> Result<(), CatalogError> {
+    let width = match ty {
+        SqlType::Bool => 1,
+        SqlType::Int2 => 2,
+        SqlType::Int4 | SqlType::Date | SqlType::Float4 => 4,
+        SqlType::Int8 | SqlType::Timestamp | SqlType::Float8 => 8,
+        SqlType::Text | SqlType::Bytea => return take_escaped(buf, pos).map(drop),
+    };
+    if *pos + width > buf.len() {
+        return Err(corrupt("key too short"));
+    }
+    *pos += width;
+    Ok(())
+}
+
+/// Byte-string equality for the short strings of row keys and qualifiers,
+/// without a call into the C library when they are at most 16 bytes long.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word =
+        |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    match n {
+        0 => true,
+        1..=7 => a.iter().zip(b).all(|(x, y)| x == y),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
 }
 
 /// Decodes one key column at `pos` into `builder` (made by [`builder`]).
@@ -433,6 +454,15 @@ mod tests {
             prop_assert_eq!(pos, k.len());
             let t = finish(t);
             prop_assert_eq!(t.as_string::<i32>().value(0), a.0.as_str());
+        }
+
+        #[test]
+        fn same_bytes_is_equality(
+            a in proptest::collection::vec(0u8..3, 0..24),
+            b in proptest::collection::vec(0u8..3, 0..24),
+        ) {
+            prop_assert_eq!(same_bytes(&a, &b), a == b);
+            prop_assert!(same_bytes(&a, &a.clone()));
         }
 
         #[test]

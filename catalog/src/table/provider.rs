@@ -37,7 +37,7 @@ use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
 
 use super::codec::{
     self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
-    encode_key_value, encode_value,
+    encode_key_value, encode_value, same_bytes, skip_key_value,
 };
 use super::def::{SqlType, TableDef, DEFAULT_FAMILY};
 use crate::CatalogError;
@@ -1610,7 +1610,7 @@ impl<'a> RowAssembler<'a> {
         let mut starts: Vec<u32> = Vec::new();
         let mut cells: Vec<u32> = Vec::new();
         for i in from..to {
-            if i == from || c.row.value(i) != c.row.value(i - 1) {
+            if i == from || !same_bytes(c.row.value(i), c.row.value(i - 1)) {
                 starts.push(i as u32);
                 cells.extend(std::iter::repeat_n(NONE, ncols));
             }
@@ -1618,7 +1618,7 @@ impl<'a> RowAssembler<'a> {
             if q.is_empty() {
                 continue;
             }
-            if let Some(k) = c.columns.iter().position(|(name, _)| name.as_slice() == q) {
+            if let Some(k) = c.columns.iter().position(|(name, _)| same_bytes(name, q)) {
                 let r = starts.len() - 1;
                 cells[r * ncols + k] = i as u32;
             }
@@ -1633,16 +1633,25 @@ impl<'a> RowAssembler<'a> {
             let r1 = (r0 + room).min(starts.len());
             let rows = &starts[r0..r1];
             let mut pos = vec![0usize; rows.len()];
-            for (j, &k) in def.key.iter().enumerate() {
-                let target = match self.key_targets[j] {
-                    Some(t) => self.builders[t].as_mut(),
-                    None => self.scratch[j].as_mut(),
-                };
+            // Key columns up to the last projected one: the others are
+            // stepped over, not decoded.
+            let needed = self.key_targets.iter().rposition(Option::is_some);
+            for (j, &k) in def.key.iter().enumerate().take(needed.map_or(0, |n| n + 1)) {
+                let ty = def.columns[k].ty;
                 let keys = rows
                     .iter()
                     .map(|&i| c.row.value(i as usize))
                     .zip(pos.iter_mut());
-                decode_key_values(keys, def.columns[k].ty, target).map_err(ext)?;
+                match self.key_targets[j] {
+                    Some(t) => {
+                        decode_key_values(keys, ty, self.builders[t].as_mut()).map_err(ext)?
+                    }
+                    None => {
+                        for (key, p) in keys {
+                            skip_key_value(key, p, ty).map_err(ext)?;
+                        }
+                    }
+                }
             }
             for (k, (_, out)) in c.columns.iter().enumerate() {
                 let ty = def.columns[self.reader.projection[*out]].ty;
