@@ -134,9 +134,31 @@ pub(crate) async fn plan_statement(
 
 /// PostgreSQL has no unsigned integers: `rank()` and `row_number()` are
 /// bigint there, UInt64 in DataFusion (which the encoder would send as
-/// numeric). A query whose result has such columns gets a final projection
-/// that casts them to bigint.
+/// numeric). A query whose result has such columns gets a projection that
+/// casts them to bigint, under its final ORDER BY and LIMIT: a projection
+/// above a sort lets the planner spread the sorted rows over partitions
+/// again (a round-robin repartition for the projection), which loses
+/// their order.
 fn postgres_result_types(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+    match plan {
+        LogicalPlan::Sort(sort) => {
+            let input = postgres_result_types(Arc::unwrap_or_clone(sort.input))?;
+            Ok(datafusion::logical_expr::LogicalPlanBuilder::from(input)
+                .sort_with_limit(sort.expr, sort.fetch)?
+                .build()?)
+        }
+        LogicalPlan::Limit(limit) => {
+            let input = postgres_result_types(Arc::unwrap_or_clone(limit.input.clone()))?;
+            Ok(LogicalPlan::Limit(datafusion::logical_expr::Limit {
+                input: Arc::new(input),
+                ..limit
+            }))
+        }
+        plan => cast_unsigned(plan),
+    }
+}
+
+fn cast_unsigned(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
     if !returns_rows(&plan)
         || !plan
             .schema()

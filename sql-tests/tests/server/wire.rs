@@ -315,3 +315,35 @@ async fn result_columns_carry_postgresql_names() -> anyhow::Result<()> {
     assert_eq!(got, ["count", "count", "max"]);
     server.stop().await
 }
+
+/// An ordered result with bigint-cast ranks that leaves the window in
+/// more than one batch (one per group) arrives in order: the cast must not
+/// sit above the sort, where the planner would spread the sorted batches
+/// over partitions again and interleave them.
+#[tokio::test]
+async fn ordered_results_of_several_batches_stay_ordered() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (client, conn) = tokio_postgres::connect(&server.conn_str(), NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE visits (name TEXT, day INT, amount INT, PRIMARY KEY (name, day)); \
+             INSERT INTO visits VALUES ('Alice', 1, 50), ('Alice', 3, 45), ('Alice', 4, 55), \
+             ('Bob', 1, 25), ('Bob', 4, 29), ('Bob', 6, 27), ('Carol', 2, 10), ('Carol', 5, 12)",
+        )
+        .await?;
+    let sql = "SELECT name, day, rank() OVER (PARTITION BY name ORDER BY day) AS r \
+               FROM visits ORDER BY name, day";
+    for _ in 0..30 {
+        let rows = client.query(sql, &[]).await?;
+        let got: Vec<(String, i32, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        assert_eq!(got.len(), 8);
+    }
+    server.stop().await
+}
