@@ -10,7 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
-use datafusion::physical_plan::displayable;
+use datafusion::physical_plan::{displayable, ExecutionPlanProperties};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tidebase_catalog::table::codec::encode_key_value;
 use tidebase_catalog::table::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
@@ -150,4 +150,40 @@ async fn a_partitioning_relied_on_above_is_kept() {
     let (plan, got) = answer(&tidebase, sql).await;
     assert_eq!(got, answer(&plain, sql).await.1);
     assert!(!plan.contains("partitions_grouped_by"), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_query_over_one_region_stays_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = tidebase_window::example::customers(dir.path())
+        .await
+        .unwrap();
+    let sql = "SELECT name, date, rank() OVER (PARTITION BY name ORDER BY date) AS r \
+               FROM customers ORDER BY name, date";
+    let (plan, first) = answer(&ctx, sql).await;
+    assert!(first.find("Alice") < first.find("Bob"), "{plan}\n{first}");
+    for _ in 0..20 {
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let counts: Vec<usize> = {
+            let mut v = Vec::new();
+            let mut p = plan.clone();
+            loop {
+                v.push(p.output_partitioning().partition_count());
+                let Some(c) = p.children().first().map(|c| (*c).clone()) else {
+                    break;
+                };
+                p = c;
+            }
+            v
+        };
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let again = pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(again, first, "{shown}\n{counts:?}");
+    }
 }
