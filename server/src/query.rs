@@ -147,11 +147,12 @@ fn postgres_result_types(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
                 .sort_with_limit(sort.expr, sort.fetch)?
                 .build()?)
         }
-        LogicalPlan::Limit(limit) => {
-            let input = postgres_result_types(Arc::unwrap_or_clone(limit.input.clone()))?;
+        LogicalPlan::Limit(datafusion::logical_expr::Limit { skip, fetch, input }) => {
+            let input = postgres_result_types(Arc::unwrap_or_clone(input))?;
             Ok(LogicalPlan::Limit(datafusion::logical_expr::Limit {
+                skip,
+                fetch,
                 input: Arc::new(input),
-                ..limit
             }))
         }
         plan => cast_unsigned(plan),

@@ -1031,67 +1031,11 @@ impl RegionScanExec {
         {
             return None;
         }
-        let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::with_capacity(self.partitions.len());
-        for p in &self.partitions {
-            let mut ranges = Vec::with_capacity(p.len());
-            for s in p {
-                match s {
-                    KeyScan::Range(lo, hi) => ranges.push((lo.clone(), hi.clone())),
-                    KeyScan::Point(_) if self.partitions.len() == 1 => {
-                        ranges.clear();
-                        break;
-                    }
-                    KeyScan::Point(_) => return None,
-                }
-            }
-            parts.push(ranges);
-        }
-        if parts.len() > 1 {
-            for i in 1..parts.len() {
-                let Some(start) = parts[i].first().map(|r| r.0.clone()) else {
-                    continue;
-                };
-                let cut = start[..codec::key_prefix_len(&start, &types)?].to_vec();
-                if cut == start {
-                    continue;
-                }
-                // Everything of the partitions before at or past the group's
-                // start moves to the front of this one (a group may span
-                // more than one partition: take from each, latest last).
-                let mut moved = Vec::new();
-                for earlier in parts[..i].iter_mut().rev() {
-                    let mut keep = Vec::with_capacity(earlier.len());
-                    let mut tail = Vec::new();
-                    for (lo, hi) in earlier.drain(..) {
-                        if !hi.is_empty() && hi <= cut {
-                            keep.push((lo, hi));
-                        } else if lo >= cut {
-                            tail.push((lo, hi));
-                        } else {
-                            keep.push((lo, cut.clone()));
-                            tail.push((cut.clone(), hi));
-                        }
-                    }
-                    *earlier = keep;
-                    tail.append(&mut moved);
-                    moved = tail;
-                }
-                moved.append(&mut parts[i]);
-                parts[i] = moved;
-            }
-            parts.retain(|p| !p.is_empty());
-        }
-        let partitions: Vec<Vec<KeyScan>> = if self.partitions.len() == 1 {
+        // One partition holds every group whole already.
+        let partitions = if self.partitions.len() <= 1 {
             self.partitions.clone()
         } else {
-            parts
-                .into_iter()
-                .map(|p| {
-                    p.into_iter()
-                        .map(|(lo, hi)| KeyScan::Range(lo, hi))
-                        .collect()
-                })
-                .collect()
+            regroup_ranges(&self.partitions, &types)?
         };
         let properties = Arc::new(PlanProperties::new(
             self.properties.eq_properties.clone(),
@@ -1115,6 +1059,66 @@ impl RegionScanExec {
             properties,
         })
     }
+}
+
+/// `partitions` (ranges only, in key order) with every cut that falls
+/// inside a group of the leading key columns `types` moved to where the
+/// group starts: the parts of earlier partitions at or past that start
+/// move to the front of the later one (a group may span more than one
+/// partition: take from each, latest last). `None` for point scans or a
+/// cut that is not a valid key.
+fn regroup_ranges(partitions: &[Vec<KeyScan>], types: &[SqlType]) -> Option<Vec<Vec<KeyScan>>> {
+    let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> = partitions
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|s| match s {
+                    KeyScan::Range(lo, hi) => Some((lo.clone(), hi.clone())),
+                    KeyScan::Point(_) => None,
+                })
+                .collect()
+        })
+        .collect::<Option<_>>()?;
+    for i in 1..parts.len() {
+        let Some(start) = parts[i].first().map(|r| r.0.clone()) else {
+            continue;
+        };
+        let cut = start[..codec::key_prefix_len(&start, types)?].to_vec();
+        if cut == start {
+            continue;
+        }
+        let mut moved = Vec::new();
+        for earlier in parts[..i].iter_mut().rev() {
+            let mut keep = Vec::with_capacity(earlier.len());
+            let mut tail = Vec::new();
+            for (lo, hi) in earlier.drain(..) {
+                if !hi.is_empty() && hi <= cut {
+                    keep.push((lo, hi));
+                } else if lo >= cut {
+                    tail.push((lo, hi));
+                } else {
+                    keep.push((lo, cut.clone()));
+                    tail.push((cut.clone(), hi));
+                }
+            }
+            *earlier = keep;
+            tail.append(&mut moved);
+            moved = tail;
+        }
+        moved.append(&mut parts[i]);
+        parts[i] = moved;
+    }
+    Some(
+        parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.into_iter()
+                    .map(|(lo, hi)| KeyScan::Range(lo, hi))
+                    .collect()
+            })
+            .collect(),
+    )
 }
 
 impl DisplayAs for RegionScanExec {
