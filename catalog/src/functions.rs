@@ -46,13 +46,9 @@ pub(crate) fn register_static(ctx: &SessionContext) {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         crate::json_build_object::JsonBuildObject::new(),
     ));
-    // PostgreSQL's name for the sample variance.
-    ctx.register_udaf(
-        datafusion::functions_aggregate::variance::var_samp_udaf()
-            .as_ref()
-            .clone()
-            .with_aliases(["variance"]),
-    );
+    for aggregate in crate::numeric::aggregates() {
+        ctx.register_udaf(aggregate);
+    }
     // psycopg's TypeInfo.fetch looks types up with `oid = to_regtype($1)`.
     ctx.register_udf(create_udf(
         "to_regtype",

@@ -27,6 +27,7 @@ mod error;
 mod functions;
 mod information_schema;
 mod json_build_object;
+pub mod numeric;
 mod pg_overlay;
 pub use pg_overlay::{INDEX_DEFS, PG_CLASS_OID};
 mod settings;

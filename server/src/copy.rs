@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, FieldRef, Schema};
 use datafusion::arrow::util::display::FormatOptions as ArrowFormat;
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
@@ -648,7 +648,7 @@ fn convert(ty: SqlType, values: &[Option<&str>]) -> Result<ArrayRef, (usize, Str
 }
 
 /// A value as COPY TO writes it (PostgreSQL's text output).
-fn out_text(array: &ArrayRef) -> Result<Vec<Option<String>>, QueryError> {
+fn out_text(field: &FieldRef, array: &ArrayRef) -> Result<Vec<Option<String>>, QueryError> {
     let n = array.len();
     let mut out = Vec::with_capacity(n);
     match array.data_type() {
@@ -680,9 +680,12 @@ fn out_text(array: &ArrayRef) -> Result<Vec<Option<String>>, QueryError> {
                 pgwire::api::Type::TEXT,
                 pgwire::api::results::FieldFormat::Text,
             )];
-            let batch = RecordBatch::try_from_iter([("v", array.clone())])
-                .map_err(|e| QueryError::DataFusion(e.into()))?;
-            let batch = crate::text::postgres_text_columns(batch, &fields)
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![field.clone()])),
+                vec![array.clone()],
+            )
+            .map_err(|e| QueryError::DataFusion(e.into()))?;
+            let batch = crate::text::postgres_columns(batch, &fields)
                 .map_err(|e| QueryError::DataFusion(e.into()))?;
             let formatter = datafusion::arrow::util::display::ArrayFormatter::try_new(
                 batch.column(0),
@@ -738,10 +741,12 @@ fn escape_csv(s: &str, f: &CopyFormat) -> String {
 
 /// The lines of one batch.
 pub fn batch_lines(batch: &RecordBatch, f: &CopyFormat) -> Result<Vec<Vec<u8>>, QueryError> {
-    let columns: Vec<Vec<Option<String>>> = batch
-        .columns()
+    let schema = batch.schema();
+    let columns: Vec<Vec<Option<String>>> = schema
+        .fields()
         .iter()
-        .map(out_text)
+        .zip(batch.columns())
+        .map(|(field, array)| out_text(field, array))
         .collect::<Result<_, _>>()?;
     let mut lines = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use arrow_pg::datatypes::{encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
@@ -286,7 +286,7 @@ fn result_fields(prepared: &Prepared, format: &Format) -> PgWireResult<Vec<Field
             .collect()),
         Prepared::Session(_) | Prepared::Ddl(_) | Prepared::Copy(_) => Ok(vec![]),
         Prepared::Plan(p) if returns_rows(&p.plan) => {
-            arrow_schema_to_pg_fields(&p.names.apply(p.plan.schema().as_arrow()), format, None)
+            crate::text::pg_fields(&p.names.apply(p.plan.schema().as_arrow()), format, None)
         }
         Prepared::Plan(_) => Ok(vec![]),
     }
@@ -633,9 +633,8 @@ fn text_batch(columns: &[(&str, Vec<String>)]) -> RecordBatch {
 }
 
 fn batch_response(batch: RecordBatch, format: &Format) -> Result<QueryResponse, QueryError> {
-    let fields = Arc::new(
-        arrow_schema_to_pg_fields(batch.schema().as_ref(), format, None).map_err(internal)?,
-    );
+    let fields =
+        Arc::new(crate::text::pg_fields(batch.schema().as_ref(), format, None).map_err(internal)?);
     let rows: Vec<_> = encode_recordbatch(fields.clone(), batch).collect();
     Ok(QueryResponse::new(fields, stream::iter(rows)))
 }
@@ -655,15 +654,14 @@ async fn stream_response(
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> Result<QueryResponse, QueryError> {
-    let fields =
-        Arc::new(arrow_schema_to_pg_fields(schema, format, Some(options)).map_err(internal)?);
+    let fields = Arc::new(crate::text::pg_fields(schema, format, Some(options)).map_err(internal)?);
     let first = batches.next().await.transpose()?;
     let rest = batches.map(|b| b.map_err(|e| PgWireError::from(QueryError::from(e))));
     let all = stream::iter(first.map(Ok)).chain(rest);
     let encoder_fields = fields.clone();
     let rows = all.flat_map(move |batch| {
         let rows: Vec<PgWireResult<_>> = match batch {
-            Ok(batch) => match crate::text::postgres_text_columns(batch, &encoder_fields) {
+            Ok(batch) => match crate::text::postgres_columns(batch, &encoder_fields) {
                 Ok(batch) => encode_recordbatch(encoder_fields.clone(), batch).collect(),
                 Err(e) => vec![Err(PgWireError::from(QueryError::from(
                     datafusion::error::DataFusionError::from(e),

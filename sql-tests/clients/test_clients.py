@@ -123,6 +123,13 @@ class Clients(unittest.TestCase):
                 cur = conn.cursor(binary=True)
                 cur.execute("SELECT count(*), max(date) FROM pg3_customers WHERE name = %s", ("Bob",))
                 self.assertEqual(cur.fetchone(), (3, date(2016, 5, 6)))
+                # avg over an int column is numeric, in binary and in text
+                for binary in (True, False):
+                    cur = conn.cursor(binary=binary)
+                    cur.execute("SELECT avg(amount), stddev(amount) FROM pg3_customers WHERE name = %s", ("Bob",))
+                    row = cur.fetchone()
+                    self.assertTrue(all(isinstance(v, Decimal) for v in row), row)
+                    self.assertEqual([str(v) for v in row], ["27.0000000000000000", "2.0000000000000000"])
         # a transaction block as psycopg opens it by default
         with psycopg.connect(self.server.dsn()) as conn:
             row = conn.execute("SELECT count(*) FROM pg3_customers").fetchone()
@@ -194,7 +201,7 @@ class Clients(unittest.TestCase):
         out = subprocess.run([psql, dsn, "-At", "-c", "SELECT avg(amount) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) "
                               "FROM (VALUES (1, 50), (2, 45), (3, 55)) AS v(x, amount) ORDER BY x"],
                              check=True, env=env, capture_output=True, text=True, timeout=60).stdout
-        self.assertEqual(out.split(), ["47.5", "50", "50"])
+        self.assertEqual(out.split(), ["47.5000000000000000", "50.0000000000000000", "50.0000000000000000"])
 
 
 if __name__ == "__main__":

@@ -574,11 +574,13 @@ impl WindowUDFImpl for Excluding {
 
     fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
         let input = args.input_fields();
-        let data_type = match &self.kind {
-            Kind::Aggregate(udaf) => udaf.return_field(&input[..1])?.data_type().clone(),
-            _ => input[0].data_type().clone(),
+        // The aggregate's own field keeps its metadata (a numeric's display
+        // rule).
+        let field = match &self.kind {
+            Kind::Aggregate(udaf) => udaf.return_field(&input[..1])?.as_ref().clone(),
+            _ => Field::new(args.name(), input[0].data_type().clone(), true),
         };
-        Ok(Arc::new(Field::new(args.name(), data_type, true)))
+        Ok(Arc::new(field.with_name(args.name()).with_nullable(true)))
     }
 
     fn partition_evaluator(

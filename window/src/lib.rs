@@ -173,10 +173,9 @@ impl Over for Expr {
 }
 
 /// The average of `column` over `before` rows before and `after` rows after
-/// each row of its partition.
+/// each row of its partition: SQL's `avg`, so numeric over an integer column.
 pub fn moving_avg(column: &str, spec: &WindowSpec, before: i64, after: i64) -> Result<Expr> {
-    datafusion::functions_aggregate::expr_fn::avg(col(column))
-        .over(&spec.clone().rows_between(-before, after))
+    tidebase_catalog::numeric::avg(col(column)).over(&spec.clone().rows_between(-before, after))
 }
 
 /// The running total of `column` from the start of the partition.

@@ -52,11 +52,22 @@ async fn lecture_example_with_parameters_and_binary_results() -> anyhow::Result<
             &[&"Alice"],
         )
         .await?;
-    let avg: Vec<f64> = rows.iter().map(|r| r.get(1)).collect();
+    // avg over an int column is numeric, as in PostgreSQL.
+    let avg: Vec<String> = rows
+        .iter()
+        .map(|r| r.get::<_, rust_decimal::Decimal>(1).to_string())
+        .collect();
     let sum: Vec<i64> = rows.iter().map(|r| r.get(2)).collect();
     let lag: Vec<Option<i32>> = rows.iter().map(|r| r.get(3)).collect();
     let rank: Vec<i64> = rows.iter().map(|r| r.get(4)).collect();
-    assert_eq!(avg, vec![47.5, 50.0, 50.0]);
+    assert_eq!(
+        avg,
+        [
+            "47.5000000000000000",
+            "50.0000000000000000",
+            "50.0000000000000000"
+        ]
+    );
     assert_eq!(sum, vec![50, 95, 150]);
     assert_eq!(lag, vec![None, Some(50), Some(45)]);
     assert_eq!(rank, vec![1, 2, 3]);
@@ -345,5 +356,47 @@ async fn ordered_results_of_several_batches_stay_ordered() -> anyhow::Result<()>
         assert_eq!(got, sorted);
         assert_eq!(got.len(), 8);
     }
+    server.stop().await
+}
+
+/// avg, stddev and variance over integers are numeric (OID 1700) and arrive
+/// in binary at PostgreSQL's display scale: a driver reads the same decimal
+/// PostgreSQL would send, including values past 28 digits.
+#[tokio::test]
+async fn integer_averages_are_numeric_in_binary() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (client, conn) = tokio_postgres::connect(&server.conn_str(), NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE num_t (id INT PRIMARY KEY, x INT, b BIGINT); \
+             INSERT INTO num_t VALUES (1, 1, 9223372036854775807), (2, 2, 0), (3, 2, 0)",
+        )
+        .await?;
+    let stmt = client
+        .prepare("SELECT avg(x), stddev(x), variance(b) FROM num_t")
+        .await?;
+    let types: Vec<_> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(types, [Type::NUMERIC, Type::NUMERIC, Type::NUMERIC]);
+    // tokio-postgres asks for binary results; rust_decimal keeps the scale.
+    let row = client.query_one(&stmt, &[]).await?;
+    let avg: rust_decimal::Decimal = row.get(0);
+    assert_eq!(avg.to_string(), "1.6666666666666667");
+    let stddev: rust_decimal::Decimal = row.get(1);
+    assert_eq!(stddev.to_string(), "0.57735026918962576451");
+    // PostgreSQL: 28356863910078205282465635928077500416 (38 digits): past
+    // rust_decimal, so read as text.
+    let text = client
+        .simple_query("SELECT variance(b) FROM num_t")
+        .await?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+    assert_eq!(
+        text.as_deref(),
+        Some("28356863910078205282465635928077500416")
+    );
     server.stop().await
 }
