@@ -39,7 +39,7 @@ use datafusion::logical_expr::{
     AggregateUDF, PartitionEvaluator, Signature, TypeSignature, Volatility, WindowUDF,
     WindowUDFImpl,
 };
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
@@ -96,7 +96,8 @@ impl Exclusion {
     }
 }
 
-/// Aggregates that take one argument and may carry an exclusion.
+/// Aggregates that may carry an exclusion: one argument, or for
+/// `string_agg` a value and a constant delimiter.
 const AGGREGATES: &[&str] = &[
     "count",
     "sum",
@@ -113,6 +114,7 @@ const AGGREGATES: &[&str] = &[
     "var_samp",
     "var_pop",
     "array_agg",
+    "string_agg",
 ];
 
 /// Window functions that read the frame and may carry an exclusion.
@@ -410,7 +412,11 @@ impl Rewriter {
                 _ => return not_impl_err!("EXCLUDE in the frame of {name}({a})"),
             }
         }
-        let expected = if name == "nth_value" { 2 } else { 1 };
+        let expected = if name == "nth_value" || name == "string_agg" {
+            2
+        } else {
+            1
+        };
         if args.len() != expected {
             return not_impl_err!(
                 "EXCLUDE in the frame of {name}() with {} arguments",
@@ -577,7 +583,7 @@ impl WindowUDFImpl for Excluding {
         // The aggregate's own field keeps its metadata (a numeric's display
         // rule).
         let field = match &self.kind {
-            Kind::Aggregate(udaf) => udaf.return_field(&input[..1])?.as_ref().clone(),
+            Kind::Aggregate(udaf) => udaf.return_field(input)?.as_ref().clone(),
             _ => Field::new(args.name(), input[0].data_type().clone(), true),
         };
         Ok(Arc::new(field.with_name(args.name()).with_nullable(true)))
@@ -589,7 +595,7 @@ impl WindowUDFImpl for Excluding {
     ) -> Result<Box<dyn PartitionEvaluator>> {
         let input_fields = args.input_fields().to_vec();
         let return_field = match &self.kind {
-            Kind::Aggregate(udaf) => udaf.return_field(&input_fields[..1])?,
+            Kind::Aggregate(udaf) => udaf.return_field(&input_fields)?,
             _ => input_fields[0].clone(),
         };
         Ok(Box::new(Evaluator {
@@ -622,15 +628,30 @@ struct Evaluator {
 }
 
 impl Evaluator {
+    /// Folds the value column's `pieces` with the aggregate's accumulator.
+    /// Arguments after the first (`string_agg`'s delimiter) are constants,
+    /// passed as literals taken from `row`.
     fn aggregate(
         &self,
         udaf: &AggregateUDF,
-        value: &ArrayRef,
+        values: &[ArrayRef],
+        row: usize,
         pieces: &[Range<usize>],
     ) -> Result<ScalarValue> {
-        let schema = Schema::new(vec![self.input_fields[0].as_ref().clone()]);
-        let exprs: Vec<Arc<dyn PhysicalExpr>> =
+        let schema = Schema::new(
+            self.input_fields
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        );
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> =
             vec![Arc::new(Column::new(self.input_fields[0].name(), 0))];
+        for constant in &values[1..self.n_args] {
+            exprs.push(Arc::new(Literal::new(ScalarValue::try_from_array(
+                constant, row,
+            )?)));
+        }
+        let value = &values[0];
         let mut acc = udaf.accumulator(AccumulatorArgs {
             return_field: self.return_field.clone(),
             schema: &schema,
@@ -640,7 +661,7 @@ impl Evaluator {
             name: udaf.name(),
             is_distinct: false,
             exprs: &exprs,
-            expr_fields: &self.input_fields[..1],
+            expr_fields: &self.input_fields,
         })?;
         for p in pieces {
             acc.update_batch(&[value.slice(p.start, p.len())])?;
@@ -684,7 +705,7 @@ impl PartitionEvaluator for Evaluator {
         let value = &values[0];
         let null = || ScalarValue::try_from(self.return_field.data_type());
         match &self.kind {
-            Kind::Aggregate(udaf) => self.aggregate(udaf, value, &pieces),
+            Kind::Aggregate(udaf) => self.aggregate(udaf, values, row, &pieces),
             Kind::First => match pieces.first() {
                 Some(p) => ScalarValue::try_from_array(value, p.start),
                 None => null(),
@@ -767,10 +788,14 @@ mod tests {
             rewritten("SELECT sum(a) OVER (ORDER BY id ROWS CURRENT ROW EXCLUDE NO OTHERS) FROM t"),
             "SELECT sum(a) OVER (ORDER BY id ROWS CURRENT ROW) FROM t"
         );
+        assert_eq!(
+            rewritten("SELECT string_agg(a, ',') OVER (ORDER BY id ROWS CURRENT ROW EXCLUDE TIES) FROM t"),
+            "SELECT tidebase_exclude_ties_string_agg(a, ',') OVER (ORDER BY id ROWS CURRENT ROW) FROM t"
+        );
         let mut stmt = Parser::parse_sql(
             &PostgreSqlDialect {},
             &mark(
-                "SELECT string_agg(a, ',') OVER (ORDER BY id ROWS CURRENT ROW EXCLUDE TIES) FROM t",
+                "SELECT percentile_cont(a) OVER (ORDER BY id ROWS CURRENT ROW EXCLUDE TIES) FROM t",
             ),
         )
         .unwrap()
