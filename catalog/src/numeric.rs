@@ -22,8 +22,10 @@
 //! value's weight (dividend and divisor with equal first digits, as in
 //! `avg(1, 1)`) and the quotient ends early, PostgreSQL prints four more
 //! zeros; and digits past the 20th decimal (quotients below 0.0001) are
-//! rounded away. Other integer-input aggregates (`sum` over bigint) keep
-//! DataFusion's types.
+//! rounded away.
+//!
+//! `sum` over bigint is numeric too (scale 0): its input is widened to a
+//! `Decimal128(38, 0)`, which DataFusion's own sum adds up.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -135,6 +137,7 @@ pub(crate) fn aggregates() -> Vec<AggregateUDF> {
         AggregateUDF::new_from_impl(PgNumericAggregate::new(kind, inner, aliases))
     };
     vec![
+        AggregateUDF::new_from_impl(BigintSum::new()),
         wrap(NumericKind::Avg, average::avg_udaf(), &[]),
         // PostgreSQL's `variance` is the sample variance.
         wrap(
@@ -146,6 +149,108 @@ pub(crate) fn aggregates() -> Vec<AggregateUDF> {
         wrap(NumericKind::StddevSamp, stddev::stddev_udaf(), &[]),
         wrap(NumericKind::StddevPop, stddev::stddev_pop_udaf(), &[]),
     ]
+}
+
+/// `sum`: PostgreSQL's `sum(bigint)` is numeric, so a bigint input is
+/// widened to `Decimal128(38, 0)` and summed by DataFusion's `sum`, which
+/// serves every input unchanged otherwise.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BigintSum {
+    inner: AggregateUDF,
+    signature: Signature,
+}
+
+impl BigintSum {
+    fn new() -> Self {
+        Self {
+            inner: datafusion::functions_aggregate::sum::sum_udaf()
+                .as_ref()
+                .clone(),
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl AggregateUDFImpl for BigintSum {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types {
+            [DataType::Int64 | DataType::UInt64] => Ok(vec![DataType::Decimal128(38, 0)]),
+            _ => {
+                let fields: Vec<FieldRef> = arg_types
+                    .iter()
+                    .map(|t| Arc::new(Field::new("", t.clone(), true)))
+                    .collect();
+                Ok(
+                    datafusion::logical_expr::type_coercion::functions::fields_with_udf(
+                        &fields,
+                        &self.inner,
+                    )?
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect(),
+                )
+            }
+        }
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        self.inner.accumulator(args)
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        self.inner.groups_accumulator_supported(args)
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        self.inner.create_groups_accumulator(args)
+    }
+
+    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        self.inner.create_sliding_accumulator(args)
+    }
+
+    fn reverse_expr(&self) -> ReversedUDAF {
+        ReversedUDAF::Identical
+    }
+
+    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
+        self.inner.order_sensitivity()
+    }
+
+    fn set_monotonicity(&self, data_type: &DataType) -> SetMonotonicity {
+        self.inner.inner().set_monotonicity(data_type)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
 }
 
 /// Tidebase's `avg(expr)`, as SQL's `avg` calls it: numeric over integers,

@@ -645,16 +645,42 @@ fn internal(e: PgWireError) -> QueryError {
     }
 }
 
+/// A bug that panics while computing a batch fails the statement (XX000),
+/// not the connection: the stream yields the error and ends.
+fn panics_as_errors<S, T>(
+    batches: S,
+) -> impl futures::Stream<Item = datafusion::error::Result<T>> + Unpin
+where
+    S: futures::Stream<Item = datafusion::error::Result<T>> + Unpin,
+{
+    std::panic::AssertUnwindSafe(batches)
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(batch) => batch,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(datafusion::error::DataFusionError::Internal(format!(
+                    "the query failed on a bug: {what}"
+                )))
+            }
+        })
+}
+
 /// Streams a DataFusion result. The first batch is computed before the
 /// response starts, so errors that show up at once (and the work of
 /// blocking operators) happen inside the cancellable part of the request.
 async fn stream_response(
     schema: &Schema,
-    mut batches: datafusion::execution::SendableRecordBatchStream,
+    batches: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> Result<QueryResponse, QueryError> {
     let fields = Arc::new(crate::text::pg_fields(schema, format, Some(options)).map_err(internal)?);
+    let mut batches = panics_as_errors(batches);
     let first = batches.next().await.transpose()?;
     let rest = batches.map(|b| b.map_err(|e| PgWireError::from(QueryError::from(e))));
     let all = stream::iter(first.map(Ok)).chain(rest);
@@ -800,5 +826,27 @@ impl CopyHandler for QueryHandler {
             message: format!("COPY from stdin failed: {}", fail.message),
         }
         .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_with_an_internal_error() {
+        let items = stream::iter([1, 2, 3]).map(|i| {
+            assert!(i < 2, "batch {i} is broken");
+            Ok::<_, datafusion::error::DataFusionError>(i)
+        });
+        let got: Vec<_> = panics_as_errors(items).collect().await;
+        assert_eq!(got.len(), 2, "the stream ends after the panic");
+        assert_eq!(got[0].as_ref().ok(), Some(&1));
+        let err = got[1].as_ref().unwrap_err();
+        assert!(matches!(
+            err,
+            datafusion::error::DataFusionError::Internal(_)
+        ));
+        assert!(err.to_string().contains("batch 2 is broken"), "{err}");
     }
 }

@@ -663,8 +663,18 @@ impl Evaluator {
             exprs: &exprs,
             expr_fields: &self.input_fields,
         })?;
+        // DataFusion hands the window function its arguments as they were
+        // before the aggregate's own coercion (bigint for a sum that adds
+        // decimals): cast each piece to the type the accumulator expects.
+        let expected = self.input_fields[0].data_type();
         for p in pieces {
-            acc.update_batch(&[value.slice(p.start, p.len())])?;
+            let piece = value.slice(p.start, p.len());
+            let piece = if piece.data_type() == expected {
+                piece
+            } else {
+                datafusion::arrow::compute::cast(&piece, expected)?
+            };
+            acc.update_batch(&[piece])?;
         }
         acc.evaluate()
     }
