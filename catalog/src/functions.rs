@@ -49,6 +49,7 @@ pub(crate) fn register_static(ctx: &SessionContext) {
     for aggregate in crate::numeric::aggregates() {
         ctx.register_udaf(aggregate);
     }
+    ctx.add_analyzer_rule(Arc::new(crate::numeric::DecimalCasts));
     // psycopg's TypeInfo.fetch looks types up with `oid = to_regtype($1)`.
     ctx.register_udf(create_udf(
         "to_regtype",

@@ -22,10 +22,7 @@
 //! value's weight (dividend and divisor with equal first digits, as in
 //! `avg(1, 1)`) and the quotient ends early, PostgreSQL prints four more
 //! zeros; and digits past the 20th decimal (quotients below 0.0001) are
-//! rounded away.
-//!
-//! `sum` over bigint is numeric too (scale 0): its input is widened to a
-//! `Decimal128(38, 0)`, which DataFusion's own sum adds up.
+//! rounded away. `sum` over bigint keeps DataFusion's bigint.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -137,7 +134,6 @@ pub(crate) fn aggregates() -> Vec<AggregateUDF> {
         AggregateUDF::new_from_impl(PgNumericAggregate::new(kind, inner, aliases))
     };
     vec![
-        AggregateUDF::new_from_impl(BigintSum::new()),
         wrap(NumericKind::Avg, average::avg_udaf(), &[]),
         // PostgreSQL's `variance` is the sample variance.
         wrap(
@@ -151,105 +147,175 @@ pub(crate) fn aggregates() -> Vec<AggregateUDF> {
     ]
 }
 
-/// `sum`: PostgreSQL's `sum(bigint)` is numeric, so a bigint input is
-/// widened to `Decimal128(38, 0)` and summed by DataFusion's `sum`, which
-/// serves every input unchanged otherwise.
+/// Casts from decimals as PostgreSQL casts numerics: to an integer, rounded
+/// half away from zero (Arrow truncates); to float8, the nearest double to the
+/// decimal (Arrow divides in floating point, off by one unit in the last place
+/// at times). Runs after DataFusion's type coercion, so the casts it inserts
+/// (comparing a numeric with a float8) are rewritten too.
+#[derive(Debug, Default)]
+pub(crate) struct DecimalCasts;
+
+impl datafusion::optimizer::AnalyzerRule for DecimalCasts {
+    fn name(&self) -> &str {
+        "tidebase_decimal_casts"
+    }
+
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::expr_rewriter::NamePreserver;
+        use datafusion::logical_expr::{Cast, Expr, ExprSchemable};
+        let round = Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            DecimalRound::default(),
+        ));
+        let to_float = Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            DecimalToFloat::default(),
+        ));
+        plan.transform_up_with_subqueries(|plan| {
+            if plan.inputs().is_empty() {
+                return Ok(Transformed::no(plan));
+            }
+            let schema = datafusion::logical_expr::utils::merge_schema(&plan.inputs());
+            let names = NamePreserver::new(&plan);
+            plan.map_expressions(|e| {
+                let name = names.save(&e);
+                let rewritten = e.transform_up(|e| {
+                    let Expr::Cast(Cast { expr, field }) = &e else {
+                        return Ok(Transformed::no(e));
+                    };
+                    let from_decimal = matches!(
+                        expr.get_type(&schema),
+                        Ok(DataType::Decimal128(..) | DataType::Decimal256(..))
+                    );
+                    let wrapped = match field.data_type() {
+                        _ if !from_decimal => return Ok(Transformed::no(e)),
+                        t if t.is_integer() => round.call(vec![expr.as_ref().clone()]),
+                        DataType::Float64 | DataType::Float32 => {
+                            to_float.call(vec![expr.as_ref().clone()])
+                        }
+                        _ => return Ok(Transformed::no(e)),
+                    };
+                    Ok(Transformed::yes(Expr::Cast(Cast::new_from_field(
+                        Box::new(wrapped),
+                        field.clone(),
+                    ))))
+                })?;
+                Ok(rewritten.update_data(|e| name.restore(e)))
+            })
+        })
+        .map(|t| t.data)
+    }
+}
+
+/// A decimal rounded half away from zero to a whole number, in its own type.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct BigintSum {
-    inner: AggregateUDF,
+struct DecimalRound {
     signature: Signature,
 }
 
-impl BigintSum {
-    fn new() -> Self {
+impl Default for DecimalRound {
+    fn default() -> Self {
         Self {
-            inner: datafusion::functions_aggregate::sum::sum_udaf()
-                .as_ref()
-                .clone(),
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: Signature::any(1, Volatility::Immutable),
         }
     }
 }
 
-impl AggregateUDFImpl for BigintSum {
+impl datafusion::logical_expr::ScalarUDFImpl for DecimalRound {
     fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
+        "tidebase_numeric_round"
     }
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        match arg_types {
-            [DataType::Int64 | DataType::UInt64] => Ok(vec![DataType::Decimal128(38, 0)]),
-            _ => {
-                let fields: Vec<FieldRef> = arg_types
-                    .iter()
-                    .map(|t| Arc::new(Field::new("", t.clone(), true)))
-                    .collect();
-                Ok(
-                    datafusion::logical_expr::type_coercion::functions::fields_with_udf(
-                        &fields,
-                        &self.inner,
-                    )?
-                    .iter()
-                    .map(|f| f.data_type().clone())
-                    .collect(),
-                )
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::compute::kernels::arity::unary;
+        use datafusion::arrow::datatypes::{Decimal128Type, Decimal256Type};
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let array = &arrays[0];
+        let rounded: ArrayRef = match array.data_type() {
+            DataType::Decimal128(p, s) => {
+                let unit = i256::from_i128(10).wrapping_pow(u32::from(s.unsigned_abs()));
+                let out: datafusion::arrow::array::Decimal128Array =
+                    unary(array.as_primitive::<Decimal128Type>(), |v| {
+                        round_whole(i256::from_i128(v), unit).as_i128()
+                    });
+                Arc::new(out.with_precision_and_scale(*p, *s)?)
             }
+            DataType::Decimal256(p, s) => {
+                let unit = i256::from_i128(10).wrapping_pow(u32::from(s.unsigned_abs()));
+                let out: datafusion::arrow::array::Decimal256Array =
+                    unary(array.as_primitive::<Decimal256Type>(), |v| {
+                        round_whole(v, unit)
+                    });
+                Arc::new(out.with_precision_and_scale(*p, *s)?)
+            }
+            _ => array.clone(),
+        };
+        Ok(datafusion::logical_expr::ColumnarValue::Array(rounded))
+    }
+}
+
+/// `v` (a decimal with `unit` = 10^scale) rounded half away from zero to a
+/// multiple of `unit`.
+fn round_whole(v: i256, unit: i256) -> i256 {
+    round_div(v, unit).wrapping_mul(unit)
+}
+
+/// A decimal as the nearest float8: its decimal text, parsed.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DecimalToFloat {
+    signature: Signature,
+}
+
+impl Default for DecimalToFloat {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
         }
     }
+}
 
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
+impl datafusion::logical_expr::ScalarUDFImpl for DecimalToFloat {
+    fn name(&self) -> &str {
+        "tidebase_numeric_float8"
     }
 
-    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
-        self.inner.return_field(arg_fields)
+    fn signature(&self) -> &Signature {
+        &self.signature
     }
 
-    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        self.inner.accumulator(args)
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
     }
 
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        self.inner.state_fields(args)
-    }
-
-    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
-        self.inner.groups_accumulator_supported(args)
-    }
-
-    fn create_groups_accumulator(
+    fn invoke_with_args(
         &self,
-        args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        self.inner.create_groups_accumulator(args)
-    }
-
-    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        self.inner.create_sliding_accumulator(args)
-    }
-
-    fn reverse_expr(&self) -> ReversedUDAF {
-        ReversedUDAF::Identical
-    }
-
-    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
-        self.inner.order_sensitivity()
-    }
-
-    fn set_monotonicity(&self, data_type: &DataType) -> SetMonotonicity {
-        self.inner.inner().set_monotonicity(data_type)
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        // Arrow's display of a decimal is its exact decimal text.
+        let text = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let floats: datafusion::arrow::array::Float64Array = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.and_then(|v| v.parse::<f64>().ok()))
+            .collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            floats,
+        )))
     }
 }
 
