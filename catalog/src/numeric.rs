@@ -319,16 +319,20 @@ impl datafusion::logical_expr::ScalarUDFImpl for DecimalToFloat {
     }
 }
 
-/// Tidebase's `avg(expr)`, as SQL's `avg` calls it: numeric over integers,
-/// DataFusion's avg for everything else.
-pub fn avg(expr: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+/// Tidebase's `avg`, as SQL calls it: numeric over integers, DataFusion's
+/// avg for everything else.
+pub fn avg_udaf() -> AggregateUDF {
     use datafusion::functions_aggregate::average;
     AggregateUDF::new_from_impl(PgNumericAggregate::new(
         NumericKind::Avg,
         average::avg_udaf().as_ref().clone(),
         average::avg_udaf().aliases().to_vec(),
     ))
-    .call(vec![expr])
+}
+
+/// `avg(expr)` with [`avg_udaf`].
+pub fn avg(expr: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    avg_udaf().call(vec![expr])
 }
 
 /// One of the five aggregates: integers take the exact path here, every
@@ -531,10 +535,7 @@ impl Sums {
     fn evaluate(&self, kind: NumericKind) -> Result<ScalarValue> {
         let value = match kind {
             NumericKind::Avg if self.count == 0 => None,
-            NumericKind::Avg => Some(divide(
-                i256::from_i128(self.sum),
-                i256::from_i128(i128::from(self.count)),
-            )?),
+            NumericKind::Avg => Some(average(self.sum, self.count)?),
             _ => self.variance(kind)?,
         };
         Ok(ScalarValue::Decimal256(
@@ -586,6 +587,47 @@ impl Sums {
         };
         rescale(value, scale).map(Some)
     }
+}
+
+/// `avg` of `count` values summing to `sum`, as a `Decimal256(76, 20)`
+/// value: what the numeric avg over integers returns.
+pub fn average(sum: i128, count: i64) -> Result<i256> {
+    match small_average(sum, count) {
+        Some(v) => Ok(v),
+        None => divide(i256::from_i128(sum), i256::from_i128(i128::from(count))),
+    }
+}
+
+/// [`divide`] in 128-bit arithmetic, for the common case: `|sum| < 10^18`,
+/// so `|sum| · 10^20` fits (a window's moving average computes one per row).
+fn small_average(sum: i128, count: i64) -> Option<i256> {
+    const LIMIT: u128 = 1_000_000_000_000_000_000;
+    let magnitude = sum.unsigned_abs();
+    if magnitude >= LIMIT || count <= 0 {
+        return None;
+    }
+    let count = count as u128;
+    let weight = |mut v: u128| {
+        let mut w = 0;
+        while v >= 10_000 {
+            v /= 10_000;
+            w += 1;
+        }
+        (w, v)
+    };
+    let ((w1, d1), (w2, d2)) = (weight(magnitude), weight(count));
+    let mut qweight = w1 - w2;
+    if d1 <= d2 {
+        qweight -= 1;
+    }
+    let scale = (MIN_SIG_DIGITS - qweight * 4).clamp(0, RESULT_SCALE as i32) as u32;
+    let scaled = magnitude * 10u128.pow(scale);
+    let mut q = scaled / count;
+    if 2 * (scaled % count) >= count {
+        q += 1;
+    }
+    let value = (q * 10u128.pow(RESULT_SCALE as u32 - scale)) as i128;
+    Some(i256::from_i128(if sum < 0 { -value } else { value }))
 }
 
 /// `num / den` rounded as PostgreSQL's `numeric_div` rounds it, at
@@ -882,6 +924,23 @@ mod tests {
             spread(StddevSamp, &[i64::MAX, i64::MIN]),
             "13043817825332782212"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_128_bit_average_equals_the_256_bit_one(
+            sum in -999_999_999_999_999_999i128..1_000_000_000_000_000_000i128,
+            count in 1i64..5_000_000_000,
+        ) {
+            let wide = divide(i256::from_i128(sum), i256::from_i128(i128::from(count))).unwrap();
+            proptest::prop_assert_eq!(small_average(sum, count), Some(wide));
+        }
+
+        #[test]
+        fn small_averages_agree_too(sum in -100_000i128..100_000, count in 1i64..1_000) {
+            let wide = divide(i256::from_i128(sum), i256::from_i128(i128::from(count))).unwrap();
+            proptest::prop_assert_eq!(small_average(sum, count), Some(wide));
+        }
     }
 
     #[test]

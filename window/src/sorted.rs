@@ -34,14 +34,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, Decimal256Array, Float64Array, Int64Array, PrimitiveArray,
+    UInt32Array, UInt64Array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{
     cast, concat_batches, lexsort_to_indices, partition, take, SortColumn, SortOptions,
 };
 use datafusion::arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int64Type, SchemaRef,
+    ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int64Type, Schema, SchemaRef,
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
@@ -71,6 +72,7 @@ use datafusion::physical_plan::{
     InputDistributionRequirements, InputOrderMode, Partitioning, PlanProperties, RecordBatchStream,
 };
 use futures::{Stream, StreamExt};
+use tidebase_catalog::numeric::{self, NUMERIC_DISPLAY};
 use tidebase_catalog::table::provider::RegionScanExec;
 
 /// The widest frame (in rows) folded row by row when its start moves.
@@ -248,6 +250,7 @@ fn aggregate(
     fun: &AggregateFunctionExpr,
     window: &dyn WindowExpr,
     described: &str,
+    input: &Schema,
 ) -> Option<Func> {
     let field = window.field().ok()?;
     if !described.contains("filter: None") || fun.is_distinct() || fun.ignore_nulls() {
@@ -268,7 +271,15 @@ fn aggregate(
     let out = field.data_type();
     let typed = match agg {
         Agg::Count => out == &DataType::Int64,
-        Agg::Avg => out == &DataType::Float64,
+        // Tidebase's numeric avg over int2/int4: sums fit 64 bits.
+        Agg::Avg => {
+            out == &DataType::Float64
+                || (field.metadata().get(NUMERIC_DISPLAY).map(String::as_str) == Some("avg")
+                    && matches!(
+                        arg.data_type(input).ok()?,
+                        DataType::Int16 | DataType::Int32
+                    ))
+        }
         Agg::Sum => matches!(out, DataType::Int64 | DataType::Float64),
         Agg::Min | Agg::Max => matches!(out, DataType::Int32 | DataType::Int64 | DataType::Float64),
     };
@@ -333,16 +344,26 @@ fn standard(expr: &StandardWindowExpr) -> Option<Func> {
     }
 }
 
-fn func(expr: &Arc<dyn WindowExpr>) -> Option<Func> {
+fn func(expr: &Arc<dyn WindowExpr>, input: &Schema) -> Option<Func> {
     let any = expr.as_any();
     if let Some(s) = any.downcast_ref::<StandardWindowExpr>() {
         return standard(s);
     }
     if let Some(p) = any.downcast_ref::<PlainAggregateWindowExpr>() {
-        return aggregate(p.get_aggregate_expr(), expr.as_ref(), &format!("{p:?}"));
+        return aggregate(
+            p.get_aggregate_expr(),
+            expr.as_ref(),
+            &format!("{p:?}"),
+            input,
+        );
     }
     if let Some(s) = any.downcast_ref::<SlidingAggregateWindowExpr>() {
-        return aggregate(s.get_aggregate_expr(), expr.as_ref(), &format!("{s:?}"));
+        return aggregate(
+            s.get_aggregate_expr(),
+            expr.as_ref(),
+            &format!("{s:?}"),
+            input,
+        );
     }
     None
 }
@@ -389,7 +410,7 @@ impl SortedWindowExec {
             if e.partition_by() != first.partition_by() || e.order_by() != first.order_by() {
                 return None;
             }
-            funcs.push(func(e)?);
+            funcs.push(func(e, &input.schema())?);
         }
         // A sort under the window that only orders rows within partitions
         // that already arrive together is done here, a partition at a time.
@@ -1000,6 +1021,27 @@ fn fold(agg: Agg, values: &ArrayRef, frames: &Frames<'_>, ty: &DataType) -> Resu
         let states = fold_frames(Agg::Sum, &zeros, nulls.as_ref(), frames);
         let counts: Vec<i64> = states.iter().map(|s| s.count).collect();
         return Ok(Arc::new(Int64Array::from(counts)));
+    }
+    if agg == Agg::Avg && matches!(ty, DataType::Decimal256(..)) {
+        // A numeric average of small integers: 64-bit sums, divided as
+        // PostgreSQL divides.
+        let values = cast(values, &DataType::Int64)?;
+        let v = typed::<Int64Type>(&values);
+        let states = fold_frames(
+            Agg::Sum,
+            v.values(),
+            values.logical_nulls().as_ref(),
+            frames,
+        );
+        let averages: Decimal256Array = states
+            .iter()
+            .map(|s| {
+                (s.count > 0)
+                    .then(|| numeric::average(i128::from(s.acc), s.count))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        return Ok(Arc::new(averages.with_data_type(ty.clone())));
     }
     // Sums and averages fold in the result's type; min and max in the
     // argument's, which is the result's.
