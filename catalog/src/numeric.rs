@@ -123,10 +123,10 @@ fn trailing_decimal_zeros(mut v: i256) -> u32 {
     zeros
 }
 
-/// Registers PostgreSQL's numeric forms of avg, variance and stddev in place
-/// of DataFusion's (which keep serving every other input type).
+/// PostgreSQL's numeric forms of avg, variance and stddev, registered in
+/// place of DataFusion's (which keep serving every other input type).
 pub(crate) fn aggregates() -> Vec<AggregateUDF> {
-    use datafusion::functions_aggregate::{average, stddev, variance};
+    use datafusion::functions_aggregate::{stddev, variance};
     let wrap = |kind, inner: Arc<AggregateUDF>, extra: &[&str]| {
         let inner = inner.as_ref().clone();
         let mut aliases: Vec<String> = inner.aliases().to_vec();
@@ -134,7 +134,7 @@ pub(crate) fn aggregates() -> Vec<AggregateUDF> {
         AggregateUDF::new_from_impl(PgNumericAggregate::new(kind, inner, aliases))
     };
     vec![
-        wrap(NumericKind::Avg, average::avg_udaf(), &[]),
+        avg_udaf(),
         // PostgreSQL's `variance` is the sample variance.
         wrap(
             NumericKind::VarSamp,
@@ -322,12 +322,11 @@ impl datafusion::logical_expr::ScalarUDFImpl for DecimalToFloat {
 /// Tidebase's `avg`, as SQL calls it: numeric over integers, DataFusion's
 /// avg for everything else.
 pub fn avg_udaf() -> AggregateUDF {
-    use datafusion::functions_aggregate::average;
-    AggregateUDF::new_from_impl(PgNumericAggregate::new(
-        NumericKind::Avg,
-        average::avg_udaf().as_ref().clone(),
-        average::avg_udaf().aliases().to_vec(),
-    ))
+    let inner = datafusion::functions_aggregate::average::avg_udaf()
+        .as_ref()
+        .clone();
+    let aliases = inner.aliases().to_vec();
+    AggregateUDF::new_from_impl(PgNumericAggregate::new(NumericKind::Avg, inner, aliases))
 }
 
 /// `avg(expr)` with [`avg_udaf`].
