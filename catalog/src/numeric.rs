@@ -64,7 +64,8 @@ pub enum NumericKind {
 }
 
 impl NumericKind {
-    fn display_rule(self) -> &'static str {
+    /// The [`NUMERIC_DISPLAY`] value of its results.
+    pub fn display_rule(self) -> &'static str {
         match self {
             NumericKind::Avg => "avg",
             NumericKind::VarSamp | NumericKind::VarPop => "variance",
@@ -247,7 +248,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for DecimalRound {
         let array = &arrays[0];
         let rounded: ArrayRef = match array.data_type() {
             DataType::Decimal128(p, s) => {
-                let unit = i256::from_i128(10).wrapping_pow(u32::from(s.unsigned_abs()));
+                let unit = pow10(u32::from(s.unsigned_abs()));
                 let out: datafusion::arrow::array::Decimal128Array =
                     unary(array.as_primitive::<Decimal128Type>(), |v| {
                         round_whole(i256::from_i128(v), unit).as_i128()
@@ -255,7 +256,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for DecimalRound {
                 Arc::new(out.with_precision_and_scale(*p, *s)?)
             }
             DataType::Decimal256(p, s) => {
-                let unit = i256::from_i128(10).wrapping_pow(u32::from(s.unsigned_abs()));
+                let unit = pow10(u32::from(s.unsigned_abs()));
                 let out: datafusion::arrow::array::Decimal256Array =
                     unary(array.as_primitive::<Decimal256Type>(), |v| {
                         round_whole(v, unit)
@@ -566,14 +567,7 @@ impl Sums {
         } else {
             n.wrapping_mul(n)
         };
-        let rscale = division_scale(numerator, denominator);
-        let scale = rscale.min(RESULT_SCALE as i32) as u32;
-        let variance = round_div(
-            numerator
-                .checked_mul(pow10(scale))
-                .ok_or_else(|| overflow("variance"))?,
-            denominator,
-        );
+        let (variance, scale) = divide_at(numerator, denominator, "variance")?;
         let value = if kind.is_stddev() {
             // sqrt(variance) scaled by 10^scale, with one more digit to round.
             let radicand = variance
@@ -614,12 +608,7 @@ fn small_average(sum: i128, count: i64) -> Option<i256> {
         }
         (w, v)
     };
-    let ((w1, d1), (w2, d2)) = (weight(magnitude), weight(count));
-    let mut qweight = w1 - w2;
-    if d1 <= d2 {
-        qweight -= 1;
-    }
-    let scale = (MIN_SIG_DIGITS - qweight * 4).clamp(0, RESULT_SCALE as i32) as u32;
+    let scale = division_scale(weight(magnitude), weight(count));
     let scaled = magnitude * 10u128.pow(scale);
     let mut q = scaled / count;
     if 2 * (scaled % count) >= count {
@@ -632,12 +621,21 @@ fn small_average(sum: i128, count: i64) -> Option<i256> {
 /// `num / den` rounded as PostgreSQL's `numeric_div` rounds it, at
 /// [`RESULT_SCALE`].
 fn divide(num: i256, den: i256) -> Result<i256> {
-    let rscale = division_scale(num, den);
-    let scale = rscale.min(RESULT_SCALE as i32) as u32;
+    let (quotient, scale) = divide_at(num, den, "avg")?;
+    rescale(quotient, scale)
+}
+
+/// `num / den` rounded at PostgreSQL's division scale (at most
+/// [`RESULT_SCALE`]): the quotient scaled by 10^scale, and the scale.
+fn divide_at(num: i256, den: i256, what: &str) -> Result<(i256, u32)> {
+    let scale = division_scale(
+        weight_and_first_digit(num.wrapping_abs()),
+        weight_and_first_digit(den.wrapping_abs()),
+    );
     let scaled = num
         .checked_mul(pow10(scale))
-        .ok_or_else(|| overflow("avg"))?;
-    rescale(round_div(scaled, den), scale)
+        .ok_or_else(|| overflow(what))?;
+    Ok((round_div(scaled, den), scale))
 }
 
 /// A value at `scale` digits as a `Decimal256(76, RESULT_SCALE)`.
@@ -657,7 +655,8 @@ fn overflow(what: &str) -> DataFusionError {
     )
 }
 
-fn pow10(exp: u32) -> i256 {
+/// 10^exp.
+pub fn pow10(exp: u32) -> i256 {
     i256::from_i128(10).wrapping_pow(exp)
 }
 
@@ -678,15 +677,14 @@ fn round_div(num: i256, den: i256) -> i256 {
     }
 }
 
-/// PostgreSQL's `select_div_scale` for two integers.
-fn division_scale(num: i256, den: i256) -> i32 {
-    let (w1, d1) = weight_and_first_digit(num.wrapping_abs());
-    let (w2, d2) = weight_and_first_digit(den.wrapping_abs());
+/// PostgreSQL's `select_div_scale` for two integers, given by their
+/// base-10000 weights and first digits, capped at [`RESULT_SCALE`].
+fn division_scale<D: PartialOrd>((w1, d1): (i32, D), (w2, d2): (i32, D)) -> u32 {
     let mut qweight = w1 - w2;
     if d1 <= d2 {
         qweight -= 1;
     }
-    (MIN_SIG_DIGITS - qweight * 4).clamp(0, 1000)
+    (MIN_SIG_DIGITS - qweight * 4).clamp(0, RESULT_SCALE as i32) as u32
 }
 
 /// The base-10000 weight and first digit of a non-negative integer (0, 0 for

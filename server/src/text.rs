@@ -19,7 +19,7 @@ use pgwire::api::portal::Format;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::error::PgWireResult;
 use pgwire::types::format::FormatOptions;
-use tidebase_catalog::numeric::{display_scale, NUMERIC_DISPLAY};
+use tidebase_catalog::numeric::{display_scale, pow10, NUMERIC_DISPLAY};
 
 /// The field descriptions of a result: arrow-pg's, with the wide decimals
 /// that arrow-pg does not know described as the numerics they are (their
@@ -86,12 +86,11 @@ pub fn postgres_columns(
             Some(FieldFormat::Binary) if decimal => {
                 Arc::new(numeric_column(field, column, numeric_binary))
             }
-            _ if decimal => Arc::new(
-                numeric_column(field, column, numeric_text)
-                    .iter()
-                    .map(|v| v.map(|v| String::from_utf8_lossy(v).into_owned()))
-                    .collect::<StringArray>(),
-            ),
+            _ if decimal => Arc::new(StringArray::try_from_binary(numeric_column(
+                field,
+                column,
+                numeric_text,
+            ))?),
             _ => Arc::new(text_column(column)?),
         };
         new_fields.push(Field::new(
@@ -140,7 +139,7 @@ fn numeric_digits(value: i256, scale: u8, dscale: u8) -> (String, String) {
     let dscale = dscale.min(scale);
     let kept = value
         .wrapping_abs()
-        .wrapping_div(i256::from_i128(10).wrapping_pow(u32::from(scale - dscale)))
+        .wrapping_div(pow10(u32::from(scale - dscale)))
         .to_string();
     let digits = format!("{kept:0>width$}", width = usize::from(dscale) + 1);
     let (int, frac) = digits.split_at(digits.len() - usize::from(dscale));

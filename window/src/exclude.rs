@@ -663,9 +663,9 @@ impl Evaluator {
             exprs: &exprs,
             expr_fields: &self.input_fields,
         })?;
-        // DataFusion hands the window function its arguments as they were
-        // before the aggregate's own coercion (bigint for a sum that adds
-        // decimals): cast each piece to the type the accumulator expects.
+        // DataFusion can hand the window function its arguments as they were
+        // before the aggregate's own coercion: cast each piece to the type
+        // the accumulator expects.
         let expected = self.input_fields[0].data_type();
         for p in pieces {
             let piece = value.slice(p.start, p.len());

@@ -72,7 +72,7 @@ use datafusion::physical_plan::{
     InputDistributionRequirements, InputOrderMode, Partitioning, PlanProperties, RecordBatchStream,
 };
 use futures::{Stream, StreamExt};
-use tidebase_catalog::numeric::{self, NUMERIC_DISPLAY};
+use tidebase_catalog::numeric::{self, NumericKind, NUMERIC_DISPLAY};
 use tidebase_catalog::table::provider::RegionScanExec;
 
 /// The widest frame (in rows) folded row by row when its start moves.
@@ -274,7 +274,8 @@ fn aggregate(
         // Tidebase's numeric avg over int2/int4: sums fit 64 bits.
         Agg::Avg => {
             out == &DataType::Float64
-                || (field.metadata().get(NUMERIC_DISPLAY).map(String::as_str) == Some("avg")
+                || (field.metadata().get(NUMERIC_DISPLAY).map(String::as_str)
+                    == Some(NumericKind::Avg.display_rule())
                     && matches!(
                         arg.data_type(input).ok()?,
                         DataType::Int16 | DataType::Int32
@@ -405,12 +406,13 @@ impl SortedWindowExec {
             return None;
         }
         let mut funcs = Vec::with_capacity(exprs.len());
+        let schema = input.schema();
         for e in exprs {
             // One operator evaluates expressions of one window spec.
             if e.partition_by() != first.partition_by() || e.order_by() != first.order_by() {
                 return None;
             }
-            funcs.push(func(e, &input.schema())?);
+            funcs.push(func(e, &schema)?);
         }
         // A sort under the window that only orders rows within partitions
         // that already arrive together is done here, a partition at a time.

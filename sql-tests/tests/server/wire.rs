@@ -365,8 +365,7 @@ async fn ordered_results_of_several_batches_stay_ordered() -> anyhow::Result<()>
 #[tokio::test]
 async fn integer_averages_are_numeric_in_binary() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let (client, conn) = tokio_postgres::connect(&server.conn_str(), NoTls).await?;
-    tokio::spawn(conn);
+    let client = server.connect().await?;
     client
         .batch_execute(
             "CREATE TABLE num_t (id INT PRIMARY KEY, x INT, b BIGINT); \
