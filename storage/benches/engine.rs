@@ -4,12 +4,14 @@
 //! `TIDEBASE_BENCH_CELLS` sets the size of the load used for the scan and
 //! write-amplification figures (default 10,000,000). Data goes to a
 //! temporary directory under `TIDEBASE_BENCH_DIR` (default the system's).
+//! `TIDEBASE_BENCH_ONLY` runs only the figures whose label contains it
+//! (for example `puts sync=None`, `gets`, `load`), for profiling one path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidebase_storage::{
-    Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy,
+    CellKind, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy,
 };
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -74,7 +76,14 @@ fn load(e: &Arc<Engine>, writers: u64, per_writer: u64, batch: u64, keys: Keys) 
                                 Keys::Sequential => seq_key(w, j),
                                 Keys::Random => random_key(w * per_writer + j),
                             };
-                            Mutation::put(&key, FAMILY, b"q", 1, &value(j))
+                            Mutation {
+                                row: key,
+                                family: FAMILY.to_string(),
+                                qualifier: b"q".to_vec(),
+                                ts: 1,
+                                kind: CellKind::Put,
+                                value: value(j),
+                            }
                         })
                         .collect();
                     e.write("t", batch).expect("write");
@@ -155,6 +164,11 @@ fn scan(e: &Arc<Engine>, threads: usize) -> (u64, u64, Duration) {
     (cells.into_inner(), bytes.into_inner(), started.elapsed())
 }
 
+/// Whether the figure labelled `label` is asked for.
+fn wanted(label: &str) -> bool {
+    std::env::var("TIDEBASE_BENCH_ONLY").map_or(true, |only| label.contains(&only))
+}
+
 fn human(n: f64) -> String {
     if n >= 1e6 {
         format!("{:.2} M", n / 1e6)
@@ -190,20 +204,31 @@ fn main() {
         (SyncPolicy::None, 8, 250_000, 100),
     ] {
         for keys in [Keys::Sequential, Keys::Random] {
-            let dir = tempdir();
-            let e = Arc::new(open(dir.path(), sync, 64 << 20));
-            let r = load(&e, writers, per_writer, batch, keys);
             let name = match keys {
                 Keys::Sequential => "sequential",
                 Keys::Random => "random",
             };
-            println!(
-                "  sync={sync:?} writers={writers} cells/batch={batch:<3} {name:<10} {:>10} cells/s",
-                human(r)
-            );
+            let label =
+                format!("sync={sync:?} writers={writers} cells/batch={batch:<3} {name:<10}");
+            if !wanted(&format!("puts {label}")) {
+                continue;
+            }
+            let dir = tempdir();
+            let e = Arc::new(open(dir.path(), sync, 64 << 20));
+            let r = load(&e, writers, per_writer, batch, keys);
+            println!("  {label} {:>10} cells/s", human(r));
         }
     }
 
+    if wanted("gets") {
+        bench_gets();
+    }
+    if wanted("load") {
+        bench_load(total);
+    }
+}
+
+fn bench_gets() {
     println!();
     println!("gets (1,000,000 cells loaded, random keys)");
     let dir = tempdir();
@@ -243,8 +268,9 @@ fn main() {
     let (r, found) = gets_on(&e, 2, file_ops, |i| random_key((i * 7919) % 1_000_000));
     assert_eq!(found, file_ops);
     println!("  files     present {:>10} gets/s on 2 threads", human(r));
-    drop(e);
+}
 
+fn bench_load(total: u64) {
     println!();
     println!("load of {total} cells, random keys, sync=None, 8 writers, 100 cells/batch, default thresholds");
     let dir = tempdir();

@@ -16,6 +16,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::cell::{Cell, Mutation};
 use crate::error::{io, Result, StorageError};
 use crate::manifest::{Manifest, RegionMeta, StoreMeta, TableMeta};
+use crate::memstore::MemStore;
 use crate::metrics::{EngineMetrics, Metrics};
 use crate::options::{EngineOptions, FamilyOptions, SyncPolicy};
 use crate::read::{merge, ReadOptions};
@@ -1007,17 +1008,44 @@ impl Inner {
                     return Err(e);
                 }
             };
-            for m in mutations {
-                let r = targets
-                    .iter()
-                    .find(|r| r.contains(&m.row))
-                    .cloned()
-                    .unwrap_or_else(|| Table::region_for(&regions, &m.row));
+            // The batch's cells by memstore, each inserted under one lock.
+            // No memstore is frozen meanwhile: freezing waits for the gates.
+            let mut groups: Vec<(u64, &str, Arc<MemStore>, Vec<&Mutation>)> = Vec::new();
+            let mut last = 0;
+            for m in &mutations {
+                let r = match targets.iter().find(|r| r.contains(&m.row)) {
+                    Some(r) => r.clone(),
+                    None => Table::region_for(&regions, &m.row),
+                };
                 r.writes.fetch_add(1, Ordering::Relaxed);
-                if let Some(store) = r.stores.get(&m.family) {
-                    store.state.read().active.insert(m.into_cell(seq));
+                let same =
+                    |g: &(u64, &str, Arc<MemStore>, Vec<&Mutation>)| g.0 == r.id && g.1 == m.family;
+                if groups.get(last).is_some_and(same) {
+                    groups[last].3.push(m);
+                } else if let Some(i) = groups.iter().position(same) {
+                    groups[i].3.push(m);
+                    last = i;
+                } else if let Some(store) = r.stores.get(&m.family) {
+                    let active = store.state.read().active.clone();
+                    groups.push((r.id, &m.family, active, vec![m]));
+                    last = groups.len() - 1;
                 }
             }
+            for (_, _, memstore, cells) in &groups {
+                memstore.insert_all(
+                    seq,
+                    cells.iter().map(|m| {
+                        (
+                            m.row.as_slice(),
+                            m.qualifier.as_slice(),
+                            m.ts,
+                            m.kind,
+                            m.value.as_slice(),
+                        )
+                    }),
+                );
+            }
+            drop(groups);
             self.in_flight.lock().remove(&seq);
             drop(gates);
             let full: Vec<Arc<Region>> = targets

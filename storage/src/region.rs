@@ -42,7 +42,7 @@ impl Store {
             family: family.to_string(),
             options,
             state: RwLock::new(StoreState {
-                active: Arc::new(MemStore::default()),
+                active: Arc::new(MemStore::new(family)),
                 frozen: Vec::new(),
                 files,
             }),
@@ -232,7 +232,7 @@ impl Region {
         for store in self.stores.values() {
             let mut s = store.state.write();
             if !s.active.is_empty() {
-                let old = std::mem::replace(&mut s.active, Arc::new(MemStore::default()));
+                let old = std::mem::replace(&mut s.active, Arc::new(MemStore::new(&store.family)));
                 s.frozen.push((old, seq));
                 any = true;
             }

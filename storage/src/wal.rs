@@ -20,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -183,10 +184,13 @@ struct Segment {
 }
 
 struct State {
-    file: File,
+    file: Arc<File>,
     file_len: u64,
     /// Encoded records not yet written.
     pending: Vec<u8>,
+    /// The buffer the last leader wrote, kept for its capacity: the two
+    /// swap, so appends do not grow a fresh buffer every time.
+    spare: Vec<u8>,
     pending_max_seq: u64,
     next_seq: u64,
     /// Every record with a sequence number up to this one is durable.
@@ -254,9 +258,10 @@ impl Wal {
             policy,
             segment_bytes,
             state: Mutex::new(State {
-                file,
+                file: Arc::new(file),
                 file_len: HEADER as u64,
                 pending: Vec::new(),
+                spare: Vec::new(),
                 pending_max_seq: 0,
                 next_seq,
                 durable_seq: max_seq,
@@ -322,19 +327,25 @@ impl Wal {
 
     /// Writes the pending buffer (outside the lock) and syncs if asked.
     fn write_pending(&self, st: &mut parking_lot::MutexGuard<'_, State>, sync: bool) -> Result<()> {
-        let buf = std::mem::take(&mut st.pending);
+        let spare = std::mem::take(&mut st.spare);
+        let mut buf = std::mem::replace(&mut st.pending, spare);
         let upto = st.pending_max_seq;
-        let mut file = st.file.try_clone().map_err(io(&st.current.path))?;
-        let path = st.current.path.clone();
+        let file = st.file.clone();
         let len = buf.len() as u64;
         let result = parking_lot::MutexGuard::unlocked(st, || {
-            file.write_all(&buf)?;
+            (&*file).write_all(&buf)?;
             if sync {
                 file.sync_data()?;
             }
             Ok::<_, std::io::Error>(())
         });
+        // A huge batch's buffer is not kept.
+        if buf.capacity() <= 4 << 20 {
+            buf.clear();
+            st.spare = buf;
+        }
         if let Err(e) = result {
+            let path = st.current.path.clone();
             let msg = format!("WAL write to {} failed: {e}", path.display());
             st.failed = Some(msg.clone());
             self.durable.notify_all();
@@ -361,7 +372,7 @@ impl Wal {
         let (file, segment) = new_segment(&self.dir, st.segment_no)?;
         let old = std::mem::replace(&mut st.current, segment);
         st.closed.push(old);
-        st.file = file;
+        st.file = Arc::new(file);
         st.file_len = HEADER as u64;
         Ok(())
     }
