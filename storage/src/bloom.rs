@@ -22,24 +22,26 @@ impl Bloom {
         }
     }
 
-    fn positions(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    /// The bit positions of `key`.
+    fn positions(hashes: u32, nbits: u64, key: &[u8]) -> impl Iterator<Item = usize> {
         let h = xxh3_64(key);
         let (h1, h2) = (h as u32 as u64, h >> 32);
-        let nbits = (self.bits.len() * 8) as u64;
-        (0..u64::from(self.hashes))
-            .map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
+        (0..u64::from(hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
+    }
+
+    fn nbits(&self) -> u64 {
+        (self.bits.len() * 8) as u64
     }
 
     pub fn insert(&mut self, key: &[u8]) {
-        let positions: Vec<usize> = self.positions(key).collect();
-        for p in positions {
+        for p in Self::positions(self.hashes, self.nbits(), key) {
             self.bits[p / 8] |= 1 << (p % 8);
         }
     }
 
     /// False means the key is certainly absent.
     pub fn may_contain(&self, key: &[u8]) -> bool {
-        self.positions(key)
+        Self::positions(self.hashes, self.nbits(), key)
             .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
     }
 

@@ -8,6 +8,7 @@
 //! `tidebase.cells`, `tidebase.bloom` (hex of [`Bloom::encode`], absent when
 //! the family has no bloom filter).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -250,7 +251,13 @@ impl std::fmt::Debug for StoreFile {
 /// Lower-case hex of bytes: how Tidebase's text formats (store-file
 /// metadata, manifest, topic configs, catalog definitions) spell binary.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
+    s
 }
 
 /// The bytes of an even-length hex string, or `None`.
@@ -258,22 +265,28 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
         .collect()
 }
 
-fn bloom_key(kind: BloomKind, row: &[u8], qualifier: &[u8]) -> Option<Vec<u8>> {
+fn bloom_key<'a>(kind: BloomKind, row: &'a [u8], qualifier: &[u8]) -> Option<Cow<'a, [u8]>> {
     match kind {
         BloomKind::None => None,
-        BloomKind::Row => Some(row.to_vec()),
+        BloomKind::Row => Some(Cow::Borrowed(row)),
         BloomKind::RowCol => {
             let mut k = Vec::with_capacity(row.len() + qualifier.len() + 4);
             k.extend_from_slice(&u32::try_from(row.len()).unwrap_or(u32::MAX).to_le_bytes());
             k.extend_from_slice(row);
             k.extend_from_slice(qualifier);
-            Some(k)
+            Some(Cow::Owned(k))
         }
     }
 }
@@ -901,6 +914,17 @@ mod tests {
         let n = f.read_range(b"", b"")?.len();
         let _ = f.may_contain_row(b"row0001", None);
         Ok(n)
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        assert_eq!(hex(&[0, 1, 0xab, 0xff]), "0001abff");
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex(&hex(&all)), Some(all));
+        assert_eq!(unhex("ABff"), Some(vec![0xab, 0xff]));
+        for bad in ["abc", "0g", "+f", "é0"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
     }
 
     #[test]
