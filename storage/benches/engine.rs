@@ -202,6 +202,7 @@ fn main() {
         (SyncPolicy::None, 1, 1_000_000, 1),
         (SyncPolicy::None, 8, 250_000, 1),
         (SyncPolicy::None, 8, 250_000, 100),
+        (SyncPolicy::None, 2, 1_000_000, 1000),
     ] {
         for keys in [Keys::Sequential, Keys::Random] {
             let name = match keys {
