@@ -15,6 +15,10 @@ use tidebase_storage::{
 };
 use xxhash_rust::xxh3::xxh3_128;
 
+// The allocator the server runs the engine with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FAMILY: &str = "f";
 const VALUE_LEN: usize = 100;
 
