@@ -253,7 +253,6 @@ mod tests {
     }
 
     fn key() -> impl proptest::strategy::Strategy<Value = (Vec<u8>, Vec<u8>, i64, u64)> {
-        use proptest::prelude::*;
         // Few byte values and lengths around 16, so prefixes tie often and
         // rows are often prefixes of each other (zero bytes included).
         (

@@ -127,6 +127,11 @@ fn offsets_reads_and_reopen() {
         // A read from the middle starts with the batch that holds the offset.
         let mid = values(&p.read(13, 1).unwrap().data);
         assert_eq!(mid, vec![(12, "a6".to_string()), (13, "b6".to_string())]);
+        // A reused buffer, longer and full of other bytes, reads the same.
+        let reused = p.read_into(13, 1, vec![0xee; 1 << 16]).unwrap().data;
+        assert_eq!(reused, p.read(13, 1).unwrap().data);
+        let grown = p.read_into(0, usize::MAX, vec![0xee; 3]).unwrap().data;
+        assert_eq!(values(&grown), all);
         assert_eq!(p.read(40, 100).unwrap().data.len(), 0);
         assert!(matches!(
             p.read(41, 100),

@@ -96,6 +96,56 @@ pub struct Kafka {
     appended: Arc<Notify>,
     advertised: SocketAddr,
     next_producer_id: AtomicI64,
+    fetch_buffers: BufferPool,
+}
+
+/// Buffers that fetches read partitions into, reused: a fresh multi-MiB
+/// buffer per partition per fetch costs the kernel a page fault and the
+/// zeroing of every page, which took a third of the server's time while
+/// serving consumers.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<parking_lot::Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers kept at most, and the largest one kept.
+const POOLED_BUFFERS: usize = 16;
+const POOLED_BUFFER_BYTES: usize = 64 << 20;
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().pop().unwrap_or_default()
+    }
+
+    /// The bytes of `buffer` as `Bytes`; the buffer comes back to the pool
+    /// when the last reference is dropped.
+    fn share(&self, buffer: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buffer,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    buffer: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        if buffer.capacity() <= POOLED_BUFFER_BYTES {
+            let mut pool = self.pool.0.lock();
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buffer);
+            }
+        }
+    }
 }
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -140,6 +190,7 @@ impl Kafka {
             appended,
             advertised,
             next_producer_id: AtomicI64::new(start),
+            fetch_buffers: BufferPool::default(),
         })
     }
 
@@ -735,9 +786,12 @@ impl Kafka {
                                 log_start: p.log_start(),
                             })
                         } else {
-                            tokio::task::spawn_blocking(move || p.read(offset, budget.max(1)))
-                                .await
-                                .unwrap_or_else(|e| Err(StorageError::Poisoned(e.to_string())))
+                            let buffer = self.fetch_buffers.take();
+                            tokio::task::spawn_blocking(move || {
+                                p.read_into(offset, budget.max(1), buffer)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(StorageError::Poisoned(e.to_string())))
                         };
                         match read {
                             Ok(f) => {
@@ -747,7 +801,7 @@ impl Kafka {
                                     pd.log_start_offset = f.log_start;
                                 }
                                 total += f.data.len();
-                                pd.records = Some(Bytes::from(f.data));
+                                pd.records = Some(self.fetch_buffers.share(f.data));
                             }
                             Err(e) => {
                                 pd.error_code = storage_code(&CatalogError::Storage(e));
@@ -1013,4 +1067,26 @@ fn write_response<M: Encodable>(
     let size = (out.len() - start - 4) as i32;
     out[start..start + 4].copy_from_slice(&size.to_be_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_buffers_come_back_to_the_pool_when_the_last_reference_goes() {
+        let pool = BufferPool::default();
+        let mut buffer = pool.take();
+        buffer.extend_from_slice(&[7; 1000]);
+        let capacity = buffer.capacity();
+        let bytes = pool.share(buffer);
+        let response_copy = bytes.clone();
+        assert_eq!(&bytes[..3], &[7, 7, 7]);
+        drop(bytes);
+        assert!(pool.0.lock().is_empty(), "a reference is still alive");
+        drop(response_copy);
+        let again = pool.take();
+        assert_eq!(again.capacity(), capacity, "the same memory comes back");
+        assert!(pool.take().is_empty(), "one buffer was pooled");
+    }
 }

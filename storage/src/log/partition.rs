@@ -387,6 +387,13 @@ impl Partition {
     /// Reads whole batches starting with the one that holds `offset`, up to
     /// about `max_bytes` (at least one batch if there is one).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Fetched> {
+        self.read_into(offset, max_bytes, Vec::new())
+    }
+
+    /// [`Partition::read`] into `buffer`, whose memory is reused: a buffer
+    /// that served an earlier read is neither zeroed again nor faulted in
+    /// anew (the Kafka listener keeps a pool of them).
+    pub fn read_into(&self, offset: i64, max_bytes: usize, buffer: Vec<u8>) -> Result<Fetched> {
         let mut ranges: Vec<(Arc<File>, PathBuf, u64, usize)> = Vec::new();
         let (hw, start) = {
             let st = self.state.lock();
@@ -426,7 +433,14 @@ impl Partition {
             }
             (hw, start)
         };
-        let mut data = vec![0u8; ranges.iter().map(|r| r.3).sum()];
+        let mut data = buffer;
+        let n = ranges.iter().map(|r| r.3).sum();
+        // Every byte below `n` is read from the file next.
+        if data.len() < n {
+            data.resize(n, 0);
+        } else {
+            data.truncate(n);
+        }
         let mut at = 0;
         for (file, path, pos, len) in ranges {
             file.read_exact_at(&mut data[at..at + len], pos)
