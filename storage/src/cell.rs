@@ -42,11 +42,26 @@ impl Ord for CellKey {
         self.row
             .cmp(&other.row)
             .then_with(|| self.family.cmp(&other.family))
-            .then_with(|| self.qualifier.cmp(&other.qualifier))
-            .then_with(|| other.ts.cmp(&self.ts))
-            .then_with(|| other.seq.cmp(&self.seq))
-            .then_with(|| (self.kind as u8).cmp(&(other.kind as u8)))
+            .then_with(|| {
+                cmp_versions(
+                    (&self.qualifier, self.ts, self.seq, self.kind),
+                    (&other.qualifier, other.ts, other.seq, other.kind),
+                )
+            })
     }
+}
+
+/// Cell order within one row and family, of `(qualifier, timestamp,
+/// sequence number, kind)`: qualifier ascending, timestamp and sequence
+/// number descending (newest first), then kind.
+pub(crate) fn cmp_versions(
+    a: (&[u8], i64, u64, CellKind),
+    b: (&[u8], i64, u64, CellKind),
+) -> Ordering {
+    a.0.cmp(b.0)
+        .then_with(|| b.1.cmp(&a.1))
+        .then_with(|| b.2.cmp(&a.2))
+        .then_with(|| (a.3 as u8).cmp(&(b.3 as u8)))
 }
 
 impl PartialOrd for CellKey {
@@ -60,17 +75,6 @@ impl PartialOrd for CellKey {
 pub struct Cell {
     pub key: CellKey,
     pub value: Vec<u8>,
-}
-
-impl Cell {
-    /// Bytes this cell takes in a memstore, roughly.
-    pub fn heap_size(&self) -> usize {
-        self.key.row.len()
-            + self.key.family.len()
-            + self.key.qualifier.len()
-            + self.value.len()
-            + 64
-    }
 }
 
 /// One change in a write batch.
@@ -118,6 +122,7 @@ impl Mutation {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn into_cell(self, seq: u64) -> Cell {
         Cell {
             key: CellKey {

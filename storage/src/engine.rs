@@ -198,7 +198,7 @@ impl Engine {
                             .copied()
                             .unwrap_or(0)
                     {
-                        store.state.read().active.insert(m.into_cell(record.seq));
+                        store.state.read().active.insert_all(record.seq, [&m]);
                         replayed += 1;
                     }
                 }
@@ -1008,44 +1008,29 @@ impl Inner {
                     return Err(e);
                 }
             };
-            // The batch's cells by memstore, each inserted under one lock.
-            // No memstore is frozen meanwhile: freezing waits for the gates.
+            // The batch's cells by memstore, each memstore's inserted under
+            // one lock. No memstore is frozen meanwhile: freezing waits for
+            // the gates.
             let mut groups: Vec<(u64, &str, Arc<MemStore>, Vec<&Mutation>)> = Vec::new();
-            let mut last = 0;
             for m in &mutations {
                 let r = match targets.iter().find(|r| r.contains(&m.row)) {
                     Some(r) => r.clone(),
                     None => Table::region_for(&regions, &m.row),
                 };
                 r.writes.fetch_add(1, Ordering::Relaxed);
-                let same =
-                    |g: &(u64, &str, Arc<MemStore>, Vec<&Mutation>)| g.0 == r.id && g.1 == m.family;
-                if groups.get(last).is_some_and(same) {
-                    groups[last].3.push(m);
-                } else if let Some(i) = groups.iter().position(same) {
-                    groups[i].3.push(m);
-                    last = i;
-                } else if let Some(store) = r.stores.get(&m.family) {
-                    let active = store.state.read().active.clone();
-                    groups.push((r.id, &m.family, active, vec![m]));
-                    last = groups.len() - 1;
+                match groups.iter_mut().find(|g| g.0 == r.id && g.1 == m.family) {
+                    Some(g) => g.3.push(m),
+                    None => {
+                        if let Some(store) = r.stores.get(&m.family) {
+                            let active = store.state.read().active.clone();
+                            groups.push((r.id, &m.family, active, vec![m]));
+                        }
+                    }
                 }
             }
-            for (_, _, memstore, cells) in &groups {
-                memstore.insert_all(
-                    seq,
-                    cells.iter().map(|m| {
-                        (
-                            m.row.as_slice(),
-                            m.qualifier.as_slice(),
-                            m.ts,
-                            m.kind,
-                            m.value.as_slice(),
-                        )
-                    }),
-                );
+            for (_, _, memstore, cells) in groups {
+                memstore.insert_all(seq, cells);
             }
-            drop(groups);
             self.in_flight.lock().remove(&seq);
             drop(gates);
             let full: Vec<Arc<Region>> = targets

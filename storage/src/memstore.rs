@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use arrow::array::RecordBatch;
 use parking_lot::RwLock;
 
-use crate::cell::{Cell, CellKey, CellKind};
+use crate::cell::{cmp_versions, Cell, CellKey, CellKind, Mutation};
 use crate::store_file::CellBatchBuilder;
 
 /// One cell of a memstore.
@@ -84,11 +84,12 @@ impl Entry {
 /// Cell order, as [`CellKey`]'s within one family.
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.cmp_row(other)
-            .then_with(|| self.qualifier().cmp(other.qualifier()))
-            .then_with(|| other.ts.cmp(&self.ts))
-            .then_with(|| other.seq.cmp(&self.seq))
-            .then_with(|| (self.kind as u8).cmp(&(other.kind as u8)))
+        self.cmp_row(other).then_with(|| {
+            cmp_versions(
+                (self.qualifier(), self.ts, self.seq, self.kind),
+                (other.qualifier(), other.ts, other.seq, other.kind),
+            )
+        })
     }
 }
 
@@ -133,32 +134,14 @@ impl MemStore {
         (v != u64::MAX).then_some(v)
     }
 
-    pub fn insert(&self, cell: Cell) {
-        let k = &cell.key;
-        self.insert_all(
-            k.seq,
-            [(
-                k.row.as_slice(),
-                k.qualifier.as_slice(),
-                k.ts,
-                k.kind,
-                cell.value.as_slice(),
-            )],
-        );
-    }
-
-    /// Inserts cells of one write batch (sequence number `seq`) under one
-    /// lock: `(row, qualifier, timestamp, kind, value)`.
-    pub fn insert_all<'a>(
-        &self,
-        seq: u64,
-        cells: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64, CellKind, &'a [u8])>,
-    ) {
+    /// Inserts the cells of one write batch (sequence number `seq`) under
+    /// one lock.
+    pub fn insert_all<'a>(&self, seq: u64, mutations: impl IntoIterator<Item = &'a Mutation>) {
         let mut added = 0;
         {
             let mut set = self.cells.write();
-            for (row, qualifier, ts, kind, value) in cells {
-                let e = Entry::new(row, qualifier, ts, seq, kind, value);
+            for m in mutations {
+                let e = Entry::new(&m.row, &m.qualifier, m.ts, seq, m.kind, &m.value);
                 added += e.size();
                 set.replace(e);
             }
@@ -238,13 +221,15 @@ fn in_range<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::Mutation;
 
     #[test]
     fn range_is_half_open_and_ordered() {
         let m = MemStore::new("f");
         for (i, row) in ["c", "a", "b", "d"].iter().enumerate() {
-            m.insert(Mutation::put(row.as_bytes(), "f", b"q", 1, b"v").into_cell(i as u64 + 1));
+            m.insert_all(
+                i as u64 + 1,
+                [&Mutation::put(row.as_bytes(), "f", b"q", 1, b"v")],
+            );
         }
         let rows: Vec<Vec<u8>> = m.range(b"b", b"d").into_iter().map(|c| c.key.row).collect();
         assert_eq!(rows, vec![b"b".to_vec(), b"c".to_vec()]);
@@ -288,7 +273,7 @@ mod tests {
         ) {
             let m = MemStore::new("f");
             for (i, (row, q, ts, _)) in rows.iter().enumerate() {
-                m.insert_all(i as u64, [(row.as_slice(), q.as_slice(), *ts, CellKind::Put, &b"v"[..])]);
+                m.insert_all(i as u64, [&Mutation::put(row, "f", q, *ts, b"v")]);
             }
             let got: Vec<Vec<u8>> = m.range(&start, &end).into_iter().map(|c| c.key.row).collect();
             let mut want: Vec<Vec<u8>> = rows
