@@ -754,7 +754,9 @@ impl StoreFile {
     /// outside the range are skipped by their statistics.
     pub fn read_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Cell>> {
         let mut out = Vec::new();
-        for batch in self.batches(start, end, 8192)? {
+        // Batches of a few pages: a get reads one page per column, and a
+        // reader sized for more rows allocates (and zeroes) for them.
+        for batch in self.batches(start, end, 4 * PAGE_ROWS)? {
             let batch = batch?;
             let row = batch.column(0).as_binary::<i32>();
             let from = (0..batch.num_rows()).find(|&i| row.value(i) >= start);

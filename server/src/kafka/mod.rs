@@ -96,12 +96,15 @@ pub struct Kafka {
     appended: Arc<Notify>,
     advertised: SocketAddr,
     next_producer_id: AtomicI64,
-    fetch_buffers: BufferPool,
+    /// Buffers for fetched records and for encoded responses.
+    buffers: BufferPool,
 }
 
-/// Buffers that fetches read partitions into, reused: a fresh multi-MiB
-/// buffer per partition per fetch was zeroed (a tenth of the server's time
-/// while serving consumers) and faulted in page by page.
+/// Buffers that fetches read partitions into, and that connections encode
+/// responses into, reused across requests and connections: a fresh
+/// multi-MiB buffer per partition per fetch was zeroed (a tenth of the
+/// server's time while serving consumers), and a response buffer grown
+/// afresh on each connection was faulted in again, page by page.
 #[derive(Clone, Default)]
 struct BufferPool(Arc<parking_lot::Mutex<Vec<Vec<u8>>>>);
 
@@ -189,7 +192,7 @@ impl Kafka {
             appended,
             advertised,
             next_producer_id: AtomicI64::new(start),
-            fetch_buffers: BufferPool::default(),
+            buffers: BufferPool::default(),
         })
     }
 
@@ -255,25 +258,40 @@ impl Kafka {
         peer: SocketAddr,
     ) -> anyhow::Result<()> {
         socket.set_nodelay(true)?;
-        let mut out = BytesMut::new();
+        // Back to the pool when the connection ends, however it ends.
+        let mut out = Pooled {
+            buffer: self.buffers.take(),
+            pool: self.buffers.clone(),
+        };
+        // Requests are read into one buffer per connection, in large reads
+        // into uninitialised capacity (no zeroing of large frames). A frame
+        // is split off it and dropped when its request is done, so the next
+        // `reserve` finds the allocation unshared and reuses it.
+        let mut input = BytesMut::with_capacity(64 << 10);
         loop {
-            let size = match socket.read_i32().await {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
+            while input.len() < 4 {
+                if socket.read_buf(&mut input).await? == 0 {
+                    if input.is_empty() {
+                        return Ok(());
+                    }
+                    anyhow::bail!("connection closed inside a frame header");
+                }
+            }
+            let size = i32::from_be_bytes([input[0], input[1], input[2], input[3]]);
             if size < 8 || size as usize > MAX_FRAME {
                 anyhow::bail!("frame size {size} is out of bounds");
             }
-            // Read into uninitialised capacity: no zeroing of large frames.
-            let mut frame = BytesMut::with_capacity(size as usize);
-            let mut body = (&mut socket).take(size as u64);
-            while frame.len() < size as usize {
-                if body.read_buf(&mut frame).await? == 0 {
+            let size = size as usize;
+            if input.len() < 4 + size {
+                input.reserve(4 + size - input.len());
+            }
+            while input.len() < 4 + size {
+                if socket.read_buf(&mut input).await? == 0 {
                     anyhow::bail!("connection closed inside a frame");
                 }
             }
-            let mut buf = frame.freeze();
+            let mut buf = input.split_to(4 + size).freeze().slice(4..);
+            let out = &mut out.buffer;
             let api_key = i16::from_be_bytes([buf[0], buf[1]]);
             let version = i16::from_be_bytes([buf[2], buf[3]]);
             let correlation = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -290,8 +308,8 @@ impl Kafka {
                     out.clear();
                     let mut r = self.api_versions();
                     r.error_code = UNSUPPORTED_VERSION;
-                    write_response(&mut out, correlation, 0, &r, 0)?;
-                    socket.write_all(&out).await?;
+                    write_response(out, correlation, 0, &r, 0)?;
+                    socket.write_all(out).await?;
                     continue;
                 }
                 anyhow::bail!("unsupported version {version} of {key:?}");
@@ -311,11 +329,11 @@ impl Kafka {
                     &client_id,
                     peer,
                     correlation,
-                    &mut out,
+                    out,
                 )
                 .await?;
             if respond {
-                socket.write_all(&out).await?;
+                socket.write_all(out).await?;
             }
         }
     }
@@ -346,7 +364,7 @@ impl Kafka {
         client_id: &str,
         peer: SocketAddr,
         correlation: i32,
-        out: &mut BytesMut,
+        out: &mut Vec<u8>,
     ) -> anyhow::Result<bool> {
         let hv = key.response_header_version(v);
         macro_rules! reply {
@@ -785,7 +803,7 @@ impl Kafka {
                                 log_start: p.log_start(),
                             })
                         } else {
-                            let buffer = self.fetch_buffers.take();
+                            let buffer = self.buffers.take();
                             tokio::task::spawn_blocking(move || {
                                 p.read_into(offset, budget.max(1), buffer)
                             })
@@ -800,7 +818,7 @@ impl Kafka {
                                     pd.log_start_offset = f.log_start;
                                 }
                                 total += f.data.len();
-                                pd.records = Some(self.fetch_buffers.share(f.data));
+                                pd.records = Some(self.buffers.share(f.data));
                             }
                             Err(e) => {
                                 pd.error_code = storage_code(&CatalogError::Storage(e));
@@ -1051,16 +1069,19 @@ fn offset_for_time(p: &tidebase_catalog::storage::log::Partition, ts: i64) -> Op
 
 /// Frames a response: size, header, body.
 fn write_response<M: Encodable>(
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
     correlation: i32,
     header_version: i16,
     body: &M,
     version: i16,
 ) -> anyhow::Result<()> {
     let start = out.len();
-    out.put_i32(0);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation;
+    // One allocation of the right size: a fetch response of many MiB grown
+    // by doubling was copied (and faulted in) several times.
+    out.reserve(4 + header.compute_size(header_version)? + body.compute_size(version)?);
+    out.put_i32(0);
     header.encode(out, header_version)?;
     body.encode(out, version)?;
     let size = (out.len() - start - 4) as i32;

@@ -37,6 +37,8 @@ struct Entry {
 }
 
 const ENTRY_LEN: usize = 36;
+/// The largest write buffer kept for reuse.
+const SPARE_BYTES: usize = 16 << 20;
 
 impl Entry {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -90,6 +92,10 @@ struct State {
     next_offset: i64,
     high_watermark: i64,
     pending: Vec<u8>,
+    /// The buffer the last write went out of, kept for the next `pending`:
+    /// a fresh buffer per write grew by doubling into memory the kernel had
+    /// to fault in and zero.
+    spare: Vec<u8>,
     pending_entries: Vec<Entry>,
     leader_active: bool,
     failed: Option<String>,
@@ -200,6 +206,7 @@ impl Partition {
                 next_offset,
                 high_watermark: next_offset,
                 pending: Vec::new(),
+                spare: Vec::new(),
                 pending_entries: Vec::new(),
                 leader_active: false,
                 failed: None,
@@ -315,7 +322,8 @@ impl Partition {
             let base = st.pending_entries[0].base;
             self.roll(st, base)?;
         }
-        let buf = std::mem::take(&mut st.pending);
+        let spare = std::mem::take(&mut st.spare);
+        let mut buf = std::mem::replace(&mut st.pending, spare);
         let mut entries = std::mem::take(&mut st.pending_entries);
         let upto = entries.last().map_or(st.high_watermark, |e| e.last + 1);
         let (file, path, at) = {
@@ -348,6 +356,10 @@ impl Partition {
         seg.size += buf.len() as u64;
         seg.entries.extend(entries);
         st.high_watermark = upto;
+        if buf.capacity() <= SPARE_BYTES {
+            buf.clear();
+            st.spare = buf;
+        }
         if sync {
             st.last_sync = Instant::now();
         }
