@@ -322,15 +322,7 @@ impl Kafka {
                 .unwrap_or_default();
             out.clear();
             let respond = self
-                .handle(
-                    key,
-                    version,
-                    &mut buf,
-                    &client_id,
-                    peer,
-                    correlation,
-                    out,
-                )
+                .handle(key, version, &mut buf, &client_id, peer, correlation, out)
                 .await?;
             if respond {
                 socket.write_all(out).await?;
