@@ -7,6 +7,7 @@
 //! `TIDEBASE_BENCH_ONLY` runs only the figures whose label contains it
 //! (for example `puts sync=None`, `gets`, `load`), for profiling one path.
 
+use arrow::array::AsArray;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,14 +154,12 @@ fn scan(e: &Arc<Engine>, threads: usize) -> (u64, u64, Duration) {
                     let b = b.expect("scan");
                     cells.fetch_add(b.num_rows() as u64, Relaxed);
                     // Row, qualifier and value bytes.
-                    let size: usize = [0, 1, 5]
+                    let size: u64 = [0, 1, 5]
                         .iter()
-                        .map(|c| {
-                            let a = b.column(*c);
-                            a.to_data().buffers().last().map_or(0, |buf| buf.len())
-                        })
+                        .flat_map(|c| b.column(*c).as_binary_view().lengths())
+                        .map(u64::from)
                         .sum();
-                    bytes.fetch_add(size as u64, Relaxed);
+                    bytes.fetch_add(size, Relaxed);
                 }
             });
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    ArrayRef, BinaryViewBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -144,11 +144,11 @@ pub struct Engine {
 /// The Arrow schema scans return: one row per cell.
 pub fn cell_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("row", DataType::Binary, false),
+        Field::new("row", DataType::BinaryView, false),
         Field::new("family", DataType::Utf8, false),
-        Field::new("qualifier", DataType::Binary, false),
+        Field::new("qualifier", DataType::BinaryView, false),
         Field::new("ts", DataType::Int64, false),
-        Field::new("value", DataType::Binary, false),
+        Field::new("value", DataType::BinaryView, false),
     ]))
 }
 
@@ -751,11 +751,11 @@ fn cell_batch(batch: &RecordBatch, family: &str) -> Result<RecordBatch> {
 fn to_batches(cells: &[Cell], batch_size: usize) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for chunk in cells.chunks(batch_size) {
-        let mut row = BinaryBuilder::new();
+        let mut row = BinaryViewBuilder::new();
         let mut family = StringBuilder::new();
-        let mut qualifier = BinaryBuilder::new();
+        let mut qualifier = BinaryViewBuilder::new();
         let mut ts = Int64Builder::new();
-        let mut value = BinaryBuilder::new();
+        let mut value = BinaryViewBuilder::new();
         for c in chunk {
             row.append_value(&c.key.row);
             family.append_value(&c.key.family);

@@ -9,7 +9,8 @@
 use std::cmp::Ordering;
 
 use arrow::array::{
-    Array, AsArray, BinaryArray, BooleanArray, BooleanBufferBuilder, PrimitiveArray, RecordBatch,
+    Array, AsArray, BinaryViewArray, BooleanArray, BooleanBufferBuilder, PrimitiveArray,
+    RecordBatch,
 };
 use arrow::datatypes::{Int64Type, UInt64Type, UInt8Type};
 
@@ -23,8 +24,8 @@ pub(crate) type Source = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 /// The columns a merge compares, of one batch.
 struct Keys {
-    row: BinaryArray,
-    qualifier: BinaryArray,
+    row: BinaryViewArray,
+    qualifier: BinaryViewArray,
     ts: PrimitiveArray<Int64Type>,
     seq: PrimitiveArray<UInt64Type>,
 }
@@ -32,8 +33,8 @@ struct Keys {
 impl Keys {
     fn of(batch: &RecordBatch) -> Self {
         Self {
-            row: batch.column(0).as_binary::<i32>().clone(),
-            qualifier: batch.column(1).as_binary::<i32>().clone(),
+            row: batch.column(0).as_binary_view().clone(),
+            qualifier: batch.column(1).as_binary_view().clone(),
             ts: batch.column(2).as_primitive::<Int64Type>().clone(),
             seq: batch.column(3).as_primitive::<UInt64Type>().clone(),
         }
@@ -264,8 +265,8 @@ impl Visible {
             return Ok(self.clip(batch));
         }
         let n = batch.num_rows();
-        let row = batch.column(0).as_binary::<i32>();
-        let qualifier = batch.column(1).as_binary::<i32>();
+        let row = batch.column(0).as_binary_view();
+        let qualifier = batch.column(1).as_binary_view();
         let ts = batch.column(2).as_primitive::<Int64Type>();
         let seq = batch.column(3).as_primitive::<UInt64Type>();
         let kind = batch.column(4).as_primitive::<UInt8Type>();
@@ -369,7 +370,7 @@ impl Visible {
     /// The cells of `batch` (sorted by row) inside `[start, end)`, sliced
     /// without copying; `None` when there are none.
     fn clip(&mut self, batch: &RecordBatch) -> Option<RecordBatch> {
-        let row = batch.column(0).as_binary::<i32>();
+        let row = batch.column(0).as_binary_view();
         let n = batch.num_rows();
         let below = |bound: &[u8]| {
             // The first index whose row is at or past `bound`.

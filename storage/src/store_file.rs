@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, AsArray, BinaryBuilder, Int64Builder, RecordBatch, UInt64Builder, UInt8Builder,
+    ArrayBuilder, AsArray, BinaryViewBuilder, Int64Builder, RecordBatch, UInt64Builder,
+    UInt8Builder,
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type, UInt8Type};
 use parquet::arrow::arrow_reader::{
@@ -38,12 +39,12 @@ use crate::options::{BloomKind, Compression, FamilyOptions};
 
 pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("row", DataType::Binary, false),
-        Field::new("qualifier", DataType::Binary, false),
+        Field::new("row", DataType::BinaryView, false),
+        Field::new("qualifier", DataType::BinaryView, false),
         Field::new("ts", DataType::Int64, false),
         Field::new("seq", DataType::UInt64, false),
         Field::new("kind", DataType::UInt8, false),
-        Field::new("value", DataType::Binary, false),
+        Field::new("value", DataType::BinaryView, false),
     ]))
 }
 
@@ -358,7 +359,12 @@ fn write_tmp(
     // A row group is the unit a scan skips by statistics: size it to about
     // `block_size` bytes of cells (HBase's block), by the average cell size
     // of the first batch.
-    let bytes = first.get_array_memory_size();
+    let bytes: usize = [0, 1, 5]
+        .iter()
+        .flat_map(|&c| first.column(c).as_binary_view().lengths())
+        .map(|l| l as usize)
+        .sum::<usize>()
+        + first.num_rows() * (8 + 8 + 1);
     let avg = (bytes / first.num_rows().max(1)).max(1);
     let rows_per_group = (options.block_size / avg).clamp(128, 1 << 20);
     // Pages are small and indexed (the page index holds each page's row
@@ -393,8 +399,8 @@ fn write_tmp(
     let mut samples: Vec<Vec<u8>> = Vec::new();
     for batch in std::iter::once(Ok(first)).chain(batches) {
         let batch = batch?;
-        let row = batch.column(0).as_binary::<i32>();
-        let qualifier = batch.column(1).as_binary::<i32>();
+        let row = batch.column(0).as_binary_view();
+        let qualifier = batch.column(1).as_binary_view();
         let seq = batch.column(3).as_primitive::<UInt64Type>();
         let kind = batch.column(4).as_primitive::<UInt8Type>();
         max_seq = max_seq.max(arrow::compute::max(seq).unwrap_or(0));
@@ -467,12 +473,12 @@ fn write_tmp(
 /// Builds one batch in the store-file schema, cell by cell.
 #[derive(Default)]
 pub(crate) struct CellBatchBuilder {
-    row: BinaryBuilder,
-    qualifier: BinaryBuilder,
+    row: BinaryViewBuilder,
+    qualifier: BinaryViewBuilder,
     ts: Int64Builder,
     seq: UInt64Builder,
     kind: UInt8Builder,
-    value: BinaryBuilder,
+    value: BinaryViewBuilder,
 }
 
 impl CellBatchBuilder {
@@ -523,8 +529,11 @@ impl StoreFile {
             metrics: metrics.clone(),
         };
         let metadata = guarded(path, || {
-            let options =
-                ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+            // Row keys, qualifiers and values are read as views into the
+            // decompressed pages, not copied out of them.
+            let options = ArrowReaderOptions::new()
+                .with_page_index_policy(PageIndexPolicy::Optional)
+                .with_schema(schema());
             ArrowReaderMetadata::load(&file, options).map_err(|source| StorageError::Parquet {
                 file: path.to_path_buf(),
                 source,
@@ -758,7 +767,7 @@ impl StoreFile {
         // reader sized for more rows allocates (and zeroes) for them.
         for batch in self.batches(start, end, 4 * PAGE_ROWS)? {
             let batch = batch?;
-            let row = batch.column(0).as_binary::<i32>();
+            let row = batch.column(0).as_binary_view();
             let from = (0..batch.num_rows()).find(|&i| row.value(i) >= start);
             let to = (0..batch.num_rows())
                 .find(|&i| !end.is_empty() && row.value(i) >= end)
@@ -780,12 +789,12 @@ impl StoreFile {
 
 /// The cells of a batch in the store-file schema whose kinds were checked.
 pub(crate) fn cells_of(batch: &RecordBatch, family: &str) -> Vec<Cell> {
-    let row = batch.column(0).as_binary::<i32>();
-    let qualifier = batch.column(1).as_binary::<i32>();
+    let row = batch.column(0).as_binary_view();
+    let qualifier = batch.column(1).as_binary_view();
     let ts = batch.column(2).as_primitive::<Int64Type>();
     let seq = batch.column(3).as_primitive::<UInt64Type>();
     let kind = batch.column(4).as_primitive::<UInt8Type>();
-    let value = batch.column(5).as_binary::<i32>();
+    let value = batch.column(5).as_binary_view();
     (0..batch.num_rows())
         .map(|i| Cell {
             key: CellKey {
@@ -916,6 +925,63 @@ mod tests {
         let n = f.read_range(b"", b"")?.len();
         let _ = f.may_contain_row(b"row0001", None);
         Ok(n)
+    }
+
+    #[test]
+    fn files_whose_arrow_schema_says_binary_read_the_same() {
+        // A file as written before the binary columns were views: the same
+        // Parquet columns and metadata, `Binary` in the embedded schema.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = sample(dir.path());
+        let m = Arc::new(Metrics::default());
+        let current = StoreFile::open(&path, 1, &m).unwrap();
+        let expected = current.read_range(b"", b"").unwrap();
+        let kv = current
+            .metadata
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kvs| {
+                kvs.iter()
+                    .filter(|kv| kv.key != "ARROW:schema")
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+        let binary = Arc::new(Schema::new(
+            schema()
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let old = dir.path().join("old.parquet");
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(kv)
+            .build();
+        let mut w =
+            ArrowWriter::try_new(File::create(&old).unwrap(), binary.clone(), Some(props)).unwrap();
+        for b in current.batches(b"", b"", 100).unwrap() {
+            let b = b.unwrap();
+            let columns = b
+                .columns()
+                .iter()
+                .zip(binary.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap())
+                .collect();
+            w.write(&RecordBatch::try_new(binary.clone(), columns).unwrap())
+                .unwrap();
+        }
+        w.close().unwrap();
+        let embedded =
+            ArrowReaderMetadata::load(&File::open(&old).unwrap(), ArrowReaderOptions::new())
+                .unwrap();
+        assert_eq!(embedded.schema().field(0).data_type(), &DataType::Binary);
+        let f = StoreFile::open(&old, 2, &m).unwrap();
+        assert_eq!(f.read_range(b"", b"").unwrap(), expected);
+        assert_eq!(expected.len(), 300);
     }
 
     #[test]

@@ -54,9 +54,9 @@ fn every_acknowledged_batch_survives_sigkill() {
         // One scan: row -> values per family.
         let mut found: HashMap<Vec<u8>, Vec<(String, Vec<u8>)>> = HashMap::new();
         for b in engine.scan("t", &ScanOptions::default()).unwrap() {
-            let rows = b.column(0).as_binary::<i32>();
+            let rows = b.column(0).as_binary_view();
             let fams = b.column(1).as_string::<i32>();
-            let vals = b.column(4).as_binary::<i32>();
+            let vals = b.column(4).as_binary_view();
             for i in 0..b.num_rows() {
                 found
                     .entry(rows.value(i).to_vec())

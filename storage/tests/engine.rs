@@ -48,10 +48,10 @@ type Flat = (Vec<u8>, String, Vec<u8>, Vec<u8>);
 fn cells(batches: &[RecordBatch]) -> Vec<Flat> {
     let mut out = Vec::new();
     for b in batches {
-        let row = b.column(0).as_binary::<i32>();
+        let row = b.column(0).as_binary_view();
         let fam = b.column(1).as_string::<i32>();
-        let q = b.column(2).as_binary::<i32>();
-        let v = b.column(4).as_binary::<i32>();
+        let q = b.column(2).as_binary_view();
+        let v = b.column(4).as_binary_view();
         for i in 0..b.num_rows() {
             out.push((
                 row.value(i).to_vec(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BinaryArray, BinaryBuilder, RecordBatch,
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, BinaryViewArray, RecordBatch,
     RecordBatchOptions, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -1370,9 +1370,9 @@ impl PartitionReader {
 /// One family's visible cells of a region, batch by batch.
 struct FamilyCursor {
     scan: StoreScan,
-    row: BinaryArray,
-    qualifier: BinaryArray,
-    value: BinaryArray,
+    row: BinaryViewArray,
+    qualifier: BinaryViewArray,
+    value: BinaryViewArray,
     pos: usize,
     /// Projected position of each of the family's columns, by qualifier.
     columns: Vec<(Vec<u8>, usize)>,
@@ -1387,9 +1387,9 @@ impl FamilyCursor {
                 None => return Ok(None),
                 Some(batch) => {
                     let batch = batch.map_err(storage)?;
-                    self.row = batch.column(0).as_binary::<i32>().clone();
-                    self.qualifier = batch.column(1).as_binary::<i32>().clone();
-                    self.value = batch.column(5).as_binary::<i32>().clone();
+                    self.row = batch.column(0).as_binary_view().clone();
+                    self.qualifier = batch.column(1).as_binary_view().clone();
+                    self.value = batch.column(5).as_binary_view().clone();
                     self.pos = 0;
                 }
             }
@@ -1503,9 +1503,9 @@ impl<'a> RowAssembler<'a> {
                 let (columns, is_default) = self.columns_of(scan.family());
                 FamilyCursor {
                     scan,
-                    row: BinaryArray::new_null(0),
-                    qualifier: BinaryArray::new_null(0),
-                    value: BinaryArray::new_null(0),
+                    row: BinaryViewArray::new_null(0),
+                    qualifier: BinaryViewArray::new_null(0),
+                    value: BinaryViewArray::new_null(0),
                     pos: 0,
                     columns,
                     is_default,

@@ -134,13 +134,13 @@ impl TableFunctionImpl for Cells {
         let mut value = StringBuilder::new();
         use datafusion::arrow::array::AsArray;
         for b in &batches {
-            let row = b.column(0).as_binary::<i32>();
+            let row = b.column(0).as_binary_view();
             let fam = b.column(1).as_string::<i32>();
-            let q = b.column(2).as_binary::<i32>();
+            let q = b.column(2).as_binary_view();
             let t_ = b
                 .column(3)
                 .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            let v = b.column(4).as_binary::<i32>();
+            let v = b.column(4).as_binary_view();
             for i in 0..b.num_rows() {
                 let key = row.value(i);
                 if def.key.is_empty() {
