@@ -33,6 +33,7 @@ mod read;
 mod region;
 mod scan;
 mod store_file;
+pub mod views;
 mod wal;
 
 pub use cell::{Cell, CellKey, CellKind, Mutation};

@@ -18,6 +18,7 @@ use crate::cell::CellKind;
 use crate::error::Result;
 use crate::options::FamilyOptions;
 use crate::read::ReadOptions;
+use crate::views;
 
 /// Batches of one source, sorted in cell order.
 pub(crate) type Source = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
@@ -42,10 +43,8 @@ impl Keys {
 
     /// Cell order: row, qualifier ascending; timestamp, sequence descending.
     fn cmp(&self, i: usize, other: &Keys, j: usize) -> Ordering {
-        self.row
-            .value(i)
-            .cmp(other.row.value(j))
-            .then_with(|| self.qualifier.value(i).cmp(other.qualifier.value(j)))
+        views::cmp(&self.row, i, &other.row, j)
+            .then_with(|| views::cmp(&self.qualifier, i, &other.qualifier, j))
             .then_with(|| other.ts.value(j).cmp(&self.ts.value(i)))
             .then_with(|| other.seq.value(j).cmp(&self.seq.value(i)))
     }
@@ -294,16 +293,15 @@ impl Visible {
                 keep.append(false);
                 continue;
             }
-            let q = qualifier.value(i);
             let (same_row, same_column) = match last {
                 Some(j) => {
-                    let same_row = row.value(j) == r;
-                    (same_row, same_row && qualifier.value(j) == q)
+                    let same_row = views::eq(row, j, row, i);
+                    (same_row, same_row && views::eq(qualifier, j, qualifier, i))
                 }
                 None => match &self.prev {
                     Some((pr, pq)) => {
                         let same_row = pr.as_slice() == r;
-                        (same_row, same_row && pq.as_slice() == q)
+                        (same_row, same_row && pq.as_slice() == qualifier.value(i))
                     }
                     None => (false, false),
                 },

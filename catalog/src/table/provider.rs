@@ -33,7 +33,7 @@ use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use tidebase_storage::{Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
+use tidebase_storage::{views, Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
 
 use super::codec::{
     self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
@@ -1579,7 +1579,7 @@ impl<'a> RowAssembler<'a> {
             }
             // The batch's last row may go on in the next batch.
             let mut last = n - 1;
-            while last > i && c.row.value(last - 1) == c.row.value(n - 1) {
+            while last > i && views::eq(&c.row, last - 1, &c.row, n - 1) {
                 last -= 1;
             }
             self.rows_of(c, i, last, emit)?;
@@ -1614,7 +1614,7 @@ impl<'a> RowAssembler<'a> {
         let mut starts: Vec<u32> = Vec::new();
         let mut cells: Vec<u32> = Vec::new();
         for i in from..to {
-            if i == from || !same_bytes(c.row.value(i), c.row.value(i - 1)) {
+            if i == from || !views::eq(&c.row, i, &c.row, i - 1) {
                 starts.push(i as u32);
                 cells.extend(std::iter::repeat_n(NONE, ncols));
             }
