@@ -60,10 +60,10 @@ mod tests {
         fn comparisons_agree_with_the_bytes(a in values(), b in values()) {
             let av = BinaryViewArray::from_iter_values(a.iter());
             let bv = BinaryViewArray::from_iter_values(b.iter());
-            for i in 0..a.len() {
-                for j in 0..b.len() {
-                    prop_assert_eq!(cmp(&av, i, &bv, j), a[i].cmp(&b[j]));
-                    prop_assert_eq!(eq(&av, i, &bv, j), a[i] == b[j]);
+            for (i, x) in a.iter().enumerate() {
+                for (j, y) in b.iter().enumerate() {
+                    prop_assert_eq!(cmp(&av, i, &bv, j), x.cmp(y));
+                    prop_assert_eq!(eq(&av, i, &bv, j), x == y);
                 }
             }
         }
