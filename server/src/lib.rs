@@ -20,6 +20,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod coalesce;
 pub mod config;
 mod copy;
 mod ddl;

@@ -399,3 +399,82 @@ async fn integer_averages_are_numeric_in_binary() -> anyhow::Result<()> {
     );
     server.stop().await
 }
+
+/// A frontend message: tag, length, body.
+fn frontend(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Reads one backend message: its tag and body.
+async fn backend(s: &mut tokio::net::TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+    let tag = s.read_u8().await?;
+    let len = s.read_i32().await?;
+    let mut body = vec![0; usize::try_from(len - 4)?];
+    s.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// Reads backend messages up to and including one tagged `last`; returns
+/// their tags.
+async fn backend_until(s: &mut tokio::net::TcpStream, last: u8) -> anyhow::Result<Vec<u8>> {
+    let mut tags = Vec::new();
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), backend(s)).await??;
+        anyhow::ensure!(tag != b'E', "error: {}", String::from_utf8_lossy(&body));
+        tags.push(tag);
+        if tag == last {
+            return Ok(tags);
+        }
+    }
+}
+
+#[tokio::test]
+async fn extended_query_output_waits_for_sync_or_flush() -> anyhow::Result<()> {
+    // As in PostgreSQL, ParseComplete, BindComplete, rows and
+    // CommandComplete stay in the server's buffer until Sync or Flush: one
+    // write per request cycle. asyncpg's Parse + Describe + Flush, and every
+    // driver's ... + Sync, must still get their answers.
+    let server = TestServer::start().await?;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(b"user\0tidebase\0database\0tidebase\0\0");
+    let mut packet = (startup.len() as i32 + 4).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    s.write_all(&packet).await?;
+    backend_until(&mut s, b'Z').await?;
+
+    let parse = frontend(b'P', b"\0SELECT $1::int + 1\0\0\0");
+    let mut bind_body = b"\0\0".to_vec();
+    bind_body.extend_from_slice(&0i16.to_be_bytes()); // parameter formats: text
+    bind_body.extend_from_slice(&1i16.to_be_bytes()); // one parameter
+    bind_body.extend_from_slice(&2i32.to_be_bytes());
+    bind_body.extend_from_slice(b"41");
+    bind_body.extend_from_slice(&0i16.to_be_bytes()); // result formats: text
+    let bind = frontend(b'B', &bind_body);
+    let execute = frontend(b'E', b"\0\0\0\0\0");
+    let mut batch = [parse, bind.clone(), execute.clone()].concat();
+    s.write_all(&batch).await?;
+    // Nothing is written before Sync or Flush.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), s.peek(&mut byte)).await;
+    assert!(early.is_err(), "the server wrote before Sync or Flush");
+    // Flush: everything so far, without ReadyForQuery.
+    s.write_all(&frontend(b'H', b"")).await?;
+    assert_eq!(
+        backend_until(&mut s, b'C').await?,
+        vec![b'1', b'2', b'D', b'C']
+    );
+    // Bind, Execute, Sync: all of it, ending with ReadyForQuery.
+    batch = [bind, execute, frontend(b'S', b"")].concat();
+    s.write_all(&batch).await?;
+    assert_eq!(
+        backend_until(&mut s, b'Z').await?,
+        vec![b'2', b'D', b'C', b'Z']
+    );
+    drop(s);
+    server.stop().await
+}
