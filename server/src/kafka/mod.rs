@@ -117,13 +117,22 @@ impl BufferPool {
         self.0.lock().pop().unwrap_or_default()
     }
 
+    /// A buffer from the pool that goes back to it when dropped.
+    fn lease(&self) -> Pooled {
+        self.owning(self.take())
+    }
+
     /// The bytes of `buffer` as `Bytes`; the buffer comes back to the pool
     /// when the last reference is dropped.
     fn share(&self, buffer: Vec<u8>) -> Bytes {
-        Bytes::from_owner(Pooled {
+        Bytes::from_owner(self.owning(buffer))
+    }
+
+    fn owning(&self, buffer: Vec<u8>) -> Pooled {
+        Pooled {
             buffer,
             pool: self.clone(),
-        })
+        }
     }
 }
 
@@ -259,10 +268,7 @@ impl Kafka {
     ) -> anyhow::Result<()> {
         socket.set_nodelay(true)?;
         // Back to the pool when the connection ends, however it ends.
-        let mut out = Pooled {
-            buffer: self.buffers.take(),
-            pool: self.buffers.clone(),
-        };
+        let mut out = self.buffers.lease();
         // Requests are read into one buffer per connection, in large reads
         // into uninitialised capacity (no zeroing of large frames). A frame
         // is split off it and dropped when its request is done, so the next
