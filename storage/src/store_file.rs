@@ -763,8 +763,9 @@ impl StoreFile {
     /// outside the range are skipped by their statistics.
     pub fn read_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Cell>> {
         let mut out = Vec::new();
-        // Batches of a few pages: a get reads one page per column, and a
-        // reader sized for more rows allocates (and zeroes) for them.
+        // Batches of a few pages: a get selects one page per column (at
+        // most PAGE_ROWS rows). The engine bench showed no difference in get
+        // throughput from 8,192-row batches.
         for batch in self.batches(start, end, 4 * PAGE_ROWS)? {
             let batch = batch?;
             let row = batch.column(0).as_binary_view();
