@@ -6,13 +6,16 @@
 //! temporary directory under `TIDEBASE_BENCH_DIR` (default the system's).
 //! `TIDEBASE_BENCH_ONLY` runs only the figures whose label contains it
 //! (for example `puts sync=None`, `gets`, `load`), for profiling one path.
+//! `TIDEBASE_BENCH_COMPRESSION` (none, snappy, lz4, zstd) sets the family's
+//! store-file compression (default: the family default).
 
 use arrow::array::AsArray;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidebase_storage::{
-    CellKind, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy,
+    CellKind, Compression, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions,
+    ScanOptions, SyncPolicy,
 };
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -49,10 +52,13 @@ fn open(dir: &std::path::Path, sync: SyncPolicy, memstore: usize) -> Engine {
         ..Default::default()
     };
     let e = Engine::open(dir, options).expect("open engine");
-    let family = FamilyOptions {
+    let mut family = FamilyOptions {
         max_versions: 1,
         ..Default::default()
     };
+    if let Ok(c) = std::env::var("TIDEBASE_BENCH_COMPRESSION") {
+        family.compression = Compression::parse(&c).expect("TIDEBASE_BENCH_COMPRESSION");
+    }
     e.create_table("t", vec![(FAMILY.into(), family)])
         .expect("create table");
     e
@@ -196,7 +202,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    println!("tidebase-storage engine benchmark: 16-byte keys, {VALUE_LEN}-byte values");
+    println!(
+        "tidebase-storage engine benchmark: 16-byte keys, {VALUE_LEN}-byte values, compression {}",
+        std::env::var("TIDEBASE_BENCH_COMPRESSION").unwrap_or_else(|_| "default".into())
+    );
     println!();
     println!("puts");
     for (sync, writers, per_writer, batch) in [
