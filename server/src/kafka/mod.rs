@@ -9,6 +9,7 @@
 //! UNSUPPORTED_VERSION where the protocol has a way to say it, and a closed
 //! connection otherwise.
 
+mod fetch_frame;
 mod groups;
 
 use std::net::SocketAddr;
@@ -274,6 +275,8 @@ impl Kafka {
         // is split off it and dropped when its request is done, so the next
         // `reserve` finds the allocation unshared and reuses it.
         let mut input = BytesMut::with_capacity(64 << 10);
+        // Records of a fetch response, written from where they were read.
+        let mut splices = fetch_frame::Splices::new();
         loop {
             while input.len() < 4 {
                 if socket.read_buf(&mut input).await? == 0 {
@@ -328,11 +331,22 @@ impl Kafka {
                 .unwrap_or_default();
             out.clear();
             let respond = self
-                .handle(key, version, &mut buf, &client_id, peer, correlation, out)
+                .handle(
+                    key,
+                    version,
+                    &mut buf,
+                    &client_id,
+                    peer,
+                    correlation,
+                    out,
+                    &mut splices,
+                )
                 .await?;
             if respond {
-                socket.write_all(out).await?;
+                write_spliced(&mut socket, out, &splices).await?;
             }
+            // Fetched records go back to the pool.
+            splices.clear();
         }
     }
 
@@ -363,6 +377,7 @@ impl Kafka {
         peer: SocketAddr,
         correlation: i32,
         out: &mut Vec<u8>,
+        splices: &mut fetch_frame::Splices,
     ) -> anyhow::Result<bool> {
         let hv = key.response_header_version(v);
         macro_rules! reply {
@@ -386,7 +401,15 @@ impl Kafka {
                 }
                 reply!(resp)
             }
-            ApiKey::Fetch => reply!(self.fetch(FetchRequest::decode(buf, v)?, v).await),
+            ApiKey::Fetch => {
+                let resp = self.fetch(FetchRequest::decode(buf, v)?, v).await;
+                if fetch_frame::plain(&resp) {
+                    fetch_frame::encode(out, splices, correlation, &resp, v)?;
+                    Ok(true)
+                } else {
+                    reply!(resp)
+                }
+            }
             ApiKey::ListOffsets => {
                 reply!(self.list_offsets(ListOffsetsRequest::decode(buf, v)?).await)
             }
@@ -1063,6 +1086,36 @@ fn offset_for_time(p: &tidebase_catalog::storage::log::Partition, ts: i64) -> Op
         .find(|r| r.offset >= base && r.timestamp >= ts)
         .map(|r| (r.offset, r.timestamp))
         .or(Some((base, -1)))
+}
+
+/// Writes the frame `out` with `splices` inserted, in vectored writes.
+async fn write_spliced(
+    socket: &mut TcpStream,
+    out: &[u8],
+    splices: &fetch_frame::Splices,
+) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    if splices.is_empty() {
+        return socket.write_all(out).await;
+    }
+    let mut slices = Vec::with_capacity(2 * splices.len() + 1);
+    let mut at = 0;
+    for (offset, bytes) in splices {
+        slices.push(IoSlice::new(&out[at..*offset]));
+        slices.push(IoSlice::new(bytes));
+        at = *offset;
+    }
+    slices.push(IoSlice::new(&out[at..]));
+    let mut rest = slices.as_mut_slice();
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        let n = socket.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// Frames a response: size, header, body.
