@@ -120,18 +120,27 @@ impl Store {
             (memory, files)
         };
         let mut visible = Visible::new(start, end, &self.options, read);
-        // One file and nothing else, whose every cell this read sees: the
-        // read rules have nothing to hide.
-        if let ([], [f]) = (memory.as_slice(), files.as_slice()) {
-            if f.deletes == 0
-                && f.versions
-                    .is_some_and(|v| v <= u64::from(visible.max_versions()))
-                && f.max_seq <= read.snapshot
-                && self.options.ttl_ms.is_none()
-                && read.time_range.is_none()
-            {
-                visible = visible.all_visible();
-            }
+        // Sources whose every cell this read sees: puts only, no more
+        // versions per column than it returns, nothing past its snapshot.
+        let max_versions = visible.max_versions();
+        let clean = self.options.ttl_ms.is_none()
+            && read.time_range.is_none()
+            && files.iter().all(|f| {
+                f.deletes == 0
+                    && f.versions.is_some_and(|v| v <= u64::from(max_versions))
+                    && f.max_seq <= read.snapshot
+            })
+            && memory
+                .iter()
+                .all(|b| crate::scan::sees_all(b, read.snapshot, max_versions));
+        if clean {
+            // One such source has nothing to hide; several have only
+            // columns that span sources to resolve.
+            visible = if memory.len() + files.len() == 1 {
+                visible.all_visible()
+            } else {
+                visible.clean_sources()
+            };
         }
         let mut sources: Vec<Source> = Vec::new();
         for b in memory {

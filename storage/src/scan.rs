@@ -58,6 +58,32 @@ struct Cursor {
     len: usize,
 }
 
+/// Whether a batch in cell order holds only puts at or below `snapshot`,
+/// at most `max_versions` per column: a read at `snapshot` sees all of it.
+pub(crate) fn sees_all(batch: &RecordBatch, snapshot: u64, max_versions: u32) -> bool {
+    let kind = batch.column(4).as_primitive::<UInt8Type>();
+    let seq = batch.column(3).as_primitive::<UInt64Type>();
+    if kind.values().iter().any(|&k| k != CellKind::Put as u8)
+        || arrow::compute::max(seq).is_some_and(|m| m > snapshot)
+    {
+        return false;
+    }
+    let row = batch.column(0).as_binary_view();
+    let qualifier = batch.column(1).as_binary_view();
+    let mut run = 1;
+    for i in 1..batch.num_rows() {
+        if views::eq(row, i - 1, row, i) && views::eq(qualifier, i - 1, qualifier, i) {
+            run += 1;
+            if run > max_versions {
+                return false;
+            }
+        } else {
+            run = 1;
+        }
+    }
+    true
+}
+
 /// Merges sources into one stream in cell order.
 pub(crate) struct Merge {
     sources: Vec<Source>,
@@ -66,6 +92,12 @@ pub(crate) struct Merge {
     slots: Vec<RecordBatch>,
     started: bool,
     batch_size: usize,
+    /// Source, row and qualifier of the last cell picked (kept across
+    /// batches), to see a column continue from one source into another.
+    last: Option<(usize, Vec<u8>, Vec<u8>)>,
+    /// The last batch returned holds two adjacent cells of one column
+    /// from different sources.
+    crossed: bool,
 }
 
 impl Merge {
@@ -77,7 +109,16 @@ impl Merge {
             slots: Vec::new(),
             started: false,
             batch_size: batch_size.max(1),
+            last: None,
+            crossed: false,
         }
+    }
+
+    /// Whether the last batch returned may hold versions of one column
+    /// from more than one source: within a batch that does not, each
+    /// column's cells all come from one source, in that source's order.
+    pub fn crossed(&self) -> bool {
+        self.crossed
     }
 
     /// Loads source `s`'s next non-empty batch into its cursor.
@@ -117,6 +158,7 @@ impl Merge {
             c.slot = live.len() - 1;
         }
         self.slots = live;
+        self.crossed = false;
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(self.batch_size);
         while picks.len() < self.batch_size {
             // The smallest cursor, and the second smallest to bound its run.
@@ -150,6 +192,14 @@ impl Merge {
                     let c = if s < b { &head[s] } else { &tail[s - b - 1] };
                     c.as_ref().expect("second is live")
                 });
+                if let Some((source, row, qualifier)) = &self.last {
+                    if *source != b
+                        && cur.keys.row.value(cur.pos) == row.as_slice()
+                        && cur.keys.qualifier.value(cur.pos) == qualifier.as_slice()
+                    {
+                        self.crossed = true;
+                    }
+                }
                 loop {
                     picks.push((cur.slot, cur.pos));
                     cur.pos += 1;
@@ -161,6 +211,20 @@ impl Merge {
                             break;
                         }
                     }
+                }
+                let (row, qualifier) = (
+                    cur.keys.row.value(cur.pos - 1),
+                    cur.keys.qualifier.value(cur.pos - 1),
+                );
+                match &mut self.last {
+                    Some((source, r, q)) => {
+                        *source = b;
+                        r.clear();
+                        r.extend_from_slice(row);
+                        q.clear();
+                        q.extend_from_slice(qualifier);
+                    }
+                    None => self.last = Some((b, row.to_vec(), qualifier.to_vec())),
                 }
                 cur.pos == cur.len
             };
@@ -208,6 +272,10 @@ pub(crate) struct Visible {
     /// compaction's rule, or a read of one source that holds only cells
     /// it sees.
     everything: bool,
+    /// Every source holds only puts this read sees, at most `max_versions`
+    /// per column: a merged batch in which no column spans two sources
+    /// needs only the row range ([`Visible::apply_clean`]).
+    clean: bool,
     /// A row at or past `end` was seen.
     pub done: bool,
 }
@@ -225,6 +293,7 @@ impl Visible {
             column_deletes: Vec::new(),
             versions: 0,
             everything: false,
+            clean: false,
             done: false,
         }
     }
@@ -251,6 +320,64 @@ impl Visible {
             everything: true,
             ..self
         }
+    }
+
+    /// The same rules, over sources that the caller knows each hold only
+    /// puts this read sees (no deletes, at most [`Visible::max_versions`]
+    /// per column, nothing past its snapshot, no TTL or time range): only
+    /// a column whose versions come from more than one source needs them.
+    pub fn clean_sources(self) -> Self {
+        Self {
+            clean: true,
+            ..self
+        }
+    }
+
+    /// Whether the sources are clean ([`Visible::clean_sources`]).
+    pub fn is_clean(&self) -> bool {
+        self.clean
+    }
+
+    /// The visible puts of a merged batch of clean sources in which no
+    /// column spans two sources: every cell in range. Keeps the state
+    /// [`Visible::apply`] carries into the next batch.
+    pub fn apply_clean(&mut self, batch: &RecordBatch) -> Option<RecordBatch> {
+        let n = batch.num_rows();
+        if n > 0 {
+            let row = batch.column(0).as_binary_view();
+            let qualifier = batch.column(1).as_binary_view();
+            let (r, q) = (row.value(n - 1), qualifier.value(n - 1));
+            // The batch's last column so far: its cells in this batch, and
+            // those before it when the column began in the last batch.
+            let mut run = 1;
+            while run < n && views::eq(row, n - 1 - run, row, n - 1) && {
+                views::eq(qualifier, n - 1 - run, qualifier, n - 1)
+            } {
+                run += 1;
+            }
+            let continued = run == n
+                && self
+                    .prev
+                    .as_ref()
+                    .is_some_and(|(pr, pq)| pr.as_slice() == r && pq.as_slice() == q);
+            self.versions = if continued {
+                self.versions + run as u32
+            } else {
+                run as u32
+            };
+            match &mut self.prev {
+                Some((pr, pq)) => {
+                    pr.clear();
+                    pr.extend_from_slice(r);
+                    pq.clear();
+                    pq.extend_from_slice(q);
+                }
+                None => self.prev = Some((r.to_vec(), q.to_vec())),
+            }
+            self.family_deletes.clear();
+            self.column_deletes.clear();
+        }
+        self.clip(batch)
     }
 
     /// The versions per column this read returns.
@@ -433,10 +560,17 @@ impl Iterator for StoreScan {
                     self.visible.done = true;
                     return Some(Err(e));
                 }
-                Ok(batch) => match self.visible.apply(&batch) {
-                    Ok(None) => continue,
-                    other => return other.transpose(),
-                },
+                Ok(batch) => {
+                    let visible = if self.visible.is_clean() && !self.merge.crossed() {
+                        Ok(self.visible.apply_clean(&batch))
+                    } else {
+                        self.visible.apply(&batch)
+                    };
+                    match visible {
+                        Ok(None) => continue,
+                        other => return other.transpose(),
+                    }
+                }
             }
         }
         None

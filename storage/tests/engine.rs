@@ -403,6 +403,79 @@ fn a_scan_of_one_file_hides_exactly_what_the_read_rules_hide() {
     assert_eq!(got[0].0, b"y");
 }
 
+#[test]
+fn scans_of_several_clean_sources_resolve_the_columns_that_span_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), tiny()).unwrap();
+    let three = FamilyOptions {
+        max_versions: 3,
+        ..Default::default()
+    };
+    e.create_table("t", vec![("f".to_string(), three)]).unwrap();
+    let put = |i: u32, ts: i64, v: &str| {
+        Mutation::put(format!("r{i:02}").as_bytes(), "f", b"q", ts, v.as_bytes())
+    };
+    // Versions of each row, newest first: two files and a memstore, each
+    // with one version per column (no deletes), overlapping in r10..r24.
+    let mut versions: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for (rows, ts, v, flush) in [
+        (0..30, 1, "a", true),
+        (10..20, 2, "b", true),
+        (15..25, 3, "c", false),
+    ] {
+        e.write("t", rows.clone().map(|i| put(i, ts, v)).collect())
+            .unwrap();
+        for i in rows {
+            versions.entry(i).or_default().insert(0, v);
+        }
+        if flush {
+            e.flush("t").unwrap();
+        }
+    }
+    let files = e.store_files("t").unwrap();
+    assert!(
+        files.len() >= 2
+            && files
+                .iter()
+                .all(|f| f.deletes == 0 && f.versions == Some(1))
+    );
+    for max_versions in 1..=3u32 {
+        for batch_size in [1, 2, 3, 7, 100] {
+            for (start, end) in [(0, 30), (12, 22), (20, 28)] {
+                let opts = ScanOptions {
+                    batch_size,
+                    read: ReadOptions {
+                        max_versions,
+                        ..Default::default()
+                    },
+                    ..ScanOptions::range(
+                        format!("r{start:02}").as_bytes(),
+                        format!("r{end:02}").as_bytes(),
+                    )
+                };
+                let got: Vec<(String, String)> = cells(&e.scan("t", &opts).unwrap())
+                    .into_iter()
+                    .map(|(r, _, _, v)| {
+                        (String::from_utf8(r).unwrap(), String::from_utf8(v).unwrap())
+                    })
+                    .collect();
+                let want: Vec<(String, String)> = versions
+                    .range(start..end)
+                    .flat_map(|(i, vs)| {
+                        vs.iter()
+                            .take(max_versions as usize)
+                            .map(move |v| (format!("r{i:02}"), v.to_string()))
+                    })
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{max_versions} versions, batches of {batch_size}, r{start}..r{end}"
+                );
+            }
+        }
+    }
+}
+
 /// Cells of rows `row...` scanned in batches of 100.
 #[test]
 fn a_get_for_a_missing_row_reads_no_data_page() {
