@@ -25,6 +25,9 @@ use crate::scan::{Merge, Source, StoreScan, Visible};
 use crate::store_file::{self, StoreFile};
 use crate::wal::Wal;
 
+/// Cells per batch a memstore is flushed in.
+const FLUSH_BATCH: usize = 1 << 16;
+
 struct Table {
     id: u64,
     families: BTreeMap<String, FamilyOptions>,
@@ -1092,17 +1095,17 @@ impl Inner {
                 let Some((mem, seq)) = store.state.read().frozen.first().cloned() else {
                     break;
                 };
-                let batch = mem.range_batch(&[], &[])?;
-                let file = match batch {
-                    None => None,
-                    Some(batch) => {
+                let batches = mem.range_batches(&[], &[], FLUSH_BATCH)?.batches;
+                let file = match batches.is_empty() {
+                    true => None,
+                    false => {
                         let id = self.manifest.lock().allocate_id();
-                        let n = batch.num_rows();
+                        let n = batches.iter().map(|b| b.num_rows()).sum();
                         let f = write_file(
                             &self.dir,
                             id,
                             store,
-                            &mut std::iter::once(Ok(batch)),
+                            &mut batches.into_iter().map(Ok),
                             n,
                             &self.metrics,
                         )?;

@@ -184,22 +184,60 @@ impl MemStore {
 
     /// The cells whose row is in `[start, end)` as one batch in the
     /// store-file schema, or `None` when there are none.
-    pub fn range_batch(
+    /// The cells of rows in `[start, end)` as Arrow batches of at most
+    /// `chunk` cells (built at their size: one batch grown cell by cell
+    /// was copied at every doubling), in cell order, with what a read needs
+    /// to know of them.
+    pub fn range_batches(
         &self,
         start: &[u8],
         end: &[u8],
-    ) -> crate::error::Result<Option<RecordBatch>> {
+        chunk: usize,
+    ) -> crate::error::Result<MemRange> {
+        let chunk = chunk.max(1);
         let cells = self.cells.read();
-        let mut batch = CellBatchBuilder::default();
+        let mut out = MemRange {
+            batches: Vec::new(),
+            puts_only: true,
+            max_seq: 0,
+            max_versions: 0,
+        };
+        let mut batch = CellBatchBuilder::with_capacity(chunk);
+        let mut prev: Option<&Entry> = None;
+        let mut run = 0u32;
         for e in in_range(&cells, start, end) {
+            out.puts_only &= e.kind == CellKind::Put;
+            out.max_seq = out.max_seq.max(e.seq);
+            run = match prev {
+                Some(p) if p.row() == e.row() && p.qualifier() == e.qualifier() => run + 1,
+                _ => 1,
+            };
+            out.max_versions = out.max_versions.max(run);
+            prev = Some(e);
             batch.append(e.row(), e.qualifier(), e.ts, e.seq, e.kind, e.value());
+            if batch.len() == chunk {
+                let full = std::mem::replace(&mut batch, CellBatchBuilder::with_capacity(chunk));
+                out.batches.push(full.finish()?);
+            }
         }
         drop(cells);
-        if batch.is_empty() {
-            return Ok(None);
+        if !batch.is_empty() {
+            out.batches.push(batch.finish()?);
         }
-        batch.finish().map(Some)
+        Ok(out)
     }
+}
+
+/// A memstore's cells in a row range ([`MemStore::range_batches`]).
+pub struct MemRange {
+    /// The cells in order, in batches.
+    pub batches: Vec<RecordBatch>,
+    /// No delete markers among them.
+    pub puts_only: bool,
+    /// Their highest sequence number (0 when there are none).
+    pub max_seq: u64,
+    /// The most cells any one column has among them.
+    pub max_versions: u32,
 }
 
 /// The cells whose row is in `[start, end)` (`end` empty = no end).

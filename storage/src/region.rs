@@ -109,7 +109,10 @@ impl Store {
             let state = self.state.read();
             let mut memory = Vec::new();
             for m in std::iter::once(&state.active).chain(state.frozen.iter().map(|(m, _)| m)) {
-                memory.extend(m.range_batch(start, end)?);
+                let range = m.range_batches(start, end, batch_size)?;
+                if !range.batches.is_empty() {
+                    memory.push(range);
+                }
             }
             let files: Vec<Arc<StoreFile>> = state
                 .files
@@ -130,9 +133,9 @@ impl Store {
                     && f.versions.is_some_and(|v| v <= u64::from(max_versions))
                     && f.max_seq <= read.snapshot
             })
-            && memory
-                .iter()
-                .all(|b| crate::scan::sees_all(b, read.snapshot, max_versions));
+            && memory.iter().all(|m| {
+                m.puts_only && m.max_seq <= read.snapshot && m.max_versions <= max_versions
+            });
         if clean {
             // One such source has nothing to hide; several have only
             // columns that span sources to resolve.
@@ -143,8 +146,8 @@ impl Store {
             };
         }
         let mut sources: Vec<Source> = Vec::new();
-        for b in memory {
-            sources.push(Box::new(std::iter::once(Ok(b))));
+        for m in memory {
+            sources.push(Box::new(m.batches.into_iter().map(Ok)));
         }
         for f in files {
             sources.push(Box::new(f.batches(start, end, batch_size)?));

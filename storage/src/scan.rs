@@ -58,32 +58,6 @@ struct Cursor {
     len: usize,
 }
 
-/// Whether a batch in cell order holds only puts at or below `snapshot`,
-/// at most `max_versions` per column: a read at `snapshot` sees all of it.
-pub(crate) fn sees_all(batch: &RecordBatch, snapshot: u64, max_versions: u32) -> bool {
-    let kind = batch.column(4).as_primitive::<UInt8Type>();
-    let seq = batch.column(3).as_primitive::<UInt64Type>();
-    if kind.values().iter().any(|&k| k != CellKind::Put as u8)
-        || arrow::compute::max(seq).is_some_and(|m| m > snapshot)
-    {
-        return false;
-    }
-    let row = batch.column(0).as_binary_view();
-    let qualifier = batch.column(1).as_binary_view();
-    let mut run = 1;
-    for i in 1..batch.num_rows() {
-        if views::eq(row, i - 1, row, i) && views::eq(qualifier, i - 1, qualifier, i) {
-            run += 1;
-            if run > max_versions {
-                return false;
-            }
-        } else {
-            run = 1;
-        }
-    }
-    true
-}
-
 /// Merges sources into one stream in cell order.
 pub(crate) struct Merge {
     sources: Vec<Source>,

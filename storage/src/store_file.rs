@@ -513,8 +513,25 @@ impl CellBatchBuilder {
         self.value.append_value(value);
     }
 
+    /// A builder with room for `cells` cells of up to 12-byte rows,
+    /// qualifiers and values (longer ones go to growing data buffers).
+    pub fn with_capacity(cells: usize) -> Self {
+        Self {
+            row: BinaryViewBuilder::with_capacity(cells),
+            qualifier: BinaryViewBuilder::with_capacity(cells),
+            ts: Int64Builder::with_capacity(cells),
+            seq: UInt64Builder::with_capacity(cells),
+            kind: UInt8Builder::with_capacity(cells),
+            value: BinaryViewBuilder::with_capacity(cells),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.row.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.row.len()
     }
 
     pub fn finish(mut self) -> Result<RecordBatch> {
