@@ -9,8 +9,7 @@
 use std::cmp::Ordering;
 
 use arrow::array::{
-    Array, AsArray, BinaryViewArray, BooleanArray, BooleanBufferBuilder, PrimitiveArray,
-    RecordBatch,
+    AsArray, BinaryViewArray, BooleanArray, BooleanBufferBuilder, PrimitiveArray, RecordBatch,
 };
 use arrow::datatypes::{Int64Type, UInt64Type, UInt8Type};
 
@@ -133,8 +132,10 @@ impl Merge {
         }
         self.slots = live;
         self.crossed = false;
-        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(self.batch_size);
-        while picks.len() < self.batch_size {
+        // Runs of cells taken from one batch: (slot, first cell, cells).
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut picked = 0;
+        while picked < self.batch_size {
             // The smallest cursor, and the second smallest to bound its run.
             let mut best: Option<usize> = None;
             let mut second: Option<usize> = None;
@@ -174,18 +175,38 @@ impl Merge {
                         self.crossed = true;
                     }
                 }
-                loop {
-                    picks.push((cur.slot, cur.pos));
-                    cur.pos += 1;
-                    if cur.pos == cur.len || picks.len() == self.batch_size {
-                        break;
-                    }
-                    if let Some(o) = other {
-                        if cur.keys.cmp(cur.pos, &o.keys, o.pos) != Ordering::Less {
-                            break;
+                // The head is the smallest cell; the run goes on to the
+                // first cell not below the second cursor's head, found by
+                // galloping (runs are often long: a memstore's cells
+                // between two rows of a file).
+                let limit = cur.len.min(cur.pos + (self.batch_size - picked));
+                let end = match other {
+                    None => limit,
+                    Some(o) => {
+                        let below = |k: usize| cur.keys.cmp(k, &o.keys, o.pos) == Ordering::Less;
+                        // Every cell before `lo` is below; `hi` is the limit
+                        // or a cell that is not.
+                        let (mut lo, mut hi, mut step) = (cur.pos + 1, cur.pos + 1, 1);
+                        while hi < limit && below(hi) {
+                            lo = hi + 1;
+                            hi += step;
+                            step *= 2;
                         }
+                        hi = hi.min(limit);
+                        while lo < hi {
+                            let mid = lo + (hi - lo) / 2;
+                            if below(mid) {
+                                lo = mid + 1;
+                            } else {
+                                hi = mid;
+                            }
+                        }
+                        lo
                     }
-                }
+                };
+                runs.push((cur.slot, cur.pos, end - cur.pos));
+                picked += end - cur.pos;
+                cur.pos = end;
                 let (row, qualifier) = (
                     cur.keys.row.value(cur.pos - 1),
                     cur.keys.qualifier.value(cur.pos - 1),
@@ -206,18 +227,20 @@ impl Merge {
                 self.advance(b)?;
             }
         }
-        if picks.is_empty() {
-            return Ok(None);
+        // One run is a slice of its batch; several are copied together,
+        // run by run.
+        match runs.as_slice() {
+            [] => Ok(None),
+            &[(slot, from, len)] => Ok(Some(self.slots[slot].slice(from, len))),
+            _ => {
+                let parts: Vec<RecordBatch> = runs
+                    .iter()
+                    .map(|&(slot, from, len)| self.slots[slot].slice(from, len))
+                    .collect();
+                let schema = parts[0].schema();
+                Ok(Some(arrow::compute::concat_batches(&schema, &parts)?))
+            }
         }
-        let schema = self.slots[0].schema();
-        let columns = (0..schema.fields().len())
-            .map(|c| {
-                let arrays: Vec<&dyn Array> =
-                    self.slots.iter().map(|b| b.column(c).as_ref()).collect();
-                arrow::compute::interleave(&arrays, &picks)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Some(RecordBatch::try_new(schema, columns)?))
     }
 }
 
