@@ -57,6 +57,10 @@ struct Cursor {
     len: usize,
 }
 
+/// Average cells per run from which a merged batch is assembled by
+/// concatenating slices rather than gathering cell by cell.
+const LONG_RUN: usize = 32;
+
 /// Merges sources into one stream in cell order.
 pub(crate) struct Merge {
     sources: Vec<Source>,
@@ -227,18 +231,35 @@ impl Merge {
                 self.advance(b)?;
             }
         }
-        // One run is a slice of its batch; several are copied together,
-        // run by run.
+        // One run is a slice of its batch; long runs are copied together
+        // run by run; short ones (sources whose keys interleave finely,
+        // as random keys do) cell by cell, which costs less per cell than
+        // a slice per run.
         match runs.as_slice() {
             [] => Ok(None),
             &[(slot, from, len)] => Ok(Some(self.slots[slot].slice(from, len))),
-            _ => {
+            _ if picked >= LONG_RUN * runs.len() => {
                 let parts: Vec<RecordBatch> = runs
                     .iter()
                     .map(|&(slot, from, len)| self.slots[slot].slice(from, len))
                     .collect();
                 let schema = parts[0].schema();
                 Ok(Some(arrow::compute::concat_batches(&schema, &parts)?))
+            }
+            _ => {
+                let picks: Vec<(usize, usize)> = runs
+                    .iter()
+                    .flat_map(|&(slot, from, len)| (from..from + len).map(move |i| (slot, i)))
+                    .collect();
+                let schema = self.slots[0].schema();
+                let columns = (0..schema.fields().len())
+                    .map(|c| {
+                        let arrays: Vec<&dyn arrow::array::Array> =
+                            self.slots.iter().map(|b| b.column(c).as_ref()).collect();
+                        arrow::compute::interleave(&arrays, &picks)
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(Some(RecordBatch::try_new(schema, columns)?))
             }
         }
     }

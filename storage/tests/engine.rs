@@ -406,24 +406,37 @@ fn a_scan_of_one_file_hides_exactly_what_the_read_rules_hide() {
 #[test]
 fn scans_of_several_clean_sources_resolve_the_columns_that_span_them() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Engine::open(dir.path(), tiny()).unwrap();
+    // No compaction, split or flush of its own: the sources stay as
+    // written.
+    let opts = EngineOptions {
+        compaction_min_files: 100,
+        memstore_flush_bytes: 1 << 20,
+        region_split_bytes: 1 << 30,
+        ..tiny()
+    };
+    let e = Engine::open(dir.path(), opts).unwrap();
     let three = FamilyOptions {
         max_versions: 3,
         ..Default::default()
     };
     e.create_table("t", vec![("f".to_string(), three)]).unwrap();
     let put = |i: u32, ts: i64, v: &str| {
-        Mutation::put(format!("r{i:02}").as_bytes(), "f", b"q", ts, v.as_bytes())
+        Mutation::put(format!("r{i:03}").as_bytes(), "f", b"q", ts, v.as_bytes())
     };
-    // Versions of each row, newest first: two files and a memstore, each
-    // with one version per column (no deletes), overlapping in r10..r24.
+    // Versions of each row, newest first: three files and a memstore, each
+    // with one version per column (no deletes), overlapping in r010..r024;
+    // in r300..r419 runs of 40 cells alternate between a file and the
+    // memstore.
     let mut versions: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
-    for (rows, ts, v, flush) in [
-        (0..30, 1, "a", true),
-        (10..20, 2, "b", true),
-        (15..25, 3, "c", false),
-    ] {
-        e.write("t", rows.clone().map(|i| put(i, ts, v)).collect())
+    let writes: [(Vec<u32>, i64, &str, bool); 5] = [
+        ((0..30).collect(), 1, "a", true),
+        ((10..20).collect(), 2, "b", true),
+        ((300..340).chain(380..420).collect(), 3, "e", true),
+        ((15..25).collect(), 4, "c", false),
+        ((340..380).collect(), 5, "f", false),
+    ];
+    for (rows, ts, v, flush) in writes {
+        e.write("t", rows.iter().map(|&i| put(i, ts, v)).collect())
             .unwrap();
         for i in rows {
             versions.entry(i).or_default().insert(0, v);
@@ -434,14 +447,14 @@ fn scans_of_several_clean_sources_resolve_the_columns_that_span_them() {
     }
     let files = e.store_files("t").unwrap();
     assert!(
-        files.len() >= 2
+        files.len() == 3
             && files
                 .iter()
                 .all(|f| f.deletes == 0 && f.versions == Some(1))
     );
     for max_versions in 1..=3u32 {
         for batch_size in [1, 2, 3, 7, 100] {
-            for (start, end) in [(0, 30), (12, 22), (20, 28)] {
+            for (start, end) in [(0, 30), (12, 22), (20, 28), (300, 420), (0, 500)] {
                 let opts = ScanOptions {
                     batch_size,
                     read: ReadOptions {
@@ -449,8 +462,8 @@ fn scans_of_several_clean_sources_resolve_the_columns_that_span_them() {
                         ..Default::default()
                     },
                     ..ScanOptions::range(
-                        format!("r{start:02}").as_bytes(),
-                        format!("r{end:02}").as_bytes(),
+                        format!("r{start:03}").as_bytes(),
+                        format!("r{end:03}").as_bytes(),
                     )
                 };
                 let got: Vec<(String, String)> = cells(&e.scan("t", &opts).unwrap())
@@ -464,7 +477,7 @@ fn scans_of_several_clean_sources_resolve_the_columns_that_span_them() {
                     .flat_map(|(i, vs)| {
                         vs.iter()
                             .take(max_versions as usize)
-                            .map(move |v| (format!("r{i:02}"), v.to_string()))
+                            .map(move |v| (format!("r{i:03}"), v.to_string()))
                     })
                     .collect();
                 assert_eq!(
