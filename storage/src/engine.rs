@@ -1096,24 +1096,23 @@ impl Inner {
                     break;
                 };
                 let batches = mem.range_batches(&[], &[], FLUSH_BATCH)?.batches;
-                let file = match batches.is_empty() {
-                    true => None,
-                    false => {
-                        let id = self.manifest.lock().allocate_id();
-                        let n = batches.iter().map(|b| b.num_rows()).sum();
-                        let f = write_file(
-                            &self.dir,
-                            id,
-                            store,
-                            &mut batches.into_iter().map(Ok),
-                            n,
-                            &self.metrics,
-                        )?;
-                        if let Some(f) = &f {
-                            Metrics::add(&self.metrics.flush_bytes, f.size);
-                        }
-                        f
+                let file = if batches.is_empty() {
+                    None
+                } else {
+                    let id = self.manifest.lock().allocate_id();
+                    let n = batches.iter().map(|b| b.num_rows()).sum();
+                    let f = write_file(
+                        &self.dir,
+                        id,
+                        store,
+                        &mut batches.into_iter().map(Ok),
+                        n,
+                        &self.metrics,
+                    )?;
+                    if let Some(f) = &f {
+                        Metrics::add(&self.metrics.flush_bytes, f.size);
                     }
+                    f
                 };
                 {
                     let mut m = self.manifest.lock();

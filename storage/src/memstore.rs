@@ -182,8 +182,6 @@ impl MemStore {
             .collect()
     }
 
-    /// The cells whose row is in `[start, end)` as one batch in the
-    /// store-file schema, or `None` when there are none.
     /// The cells of rows in `[start, end)` as Arrow batches of at most
     /// `chunk` cells (built at their size: one batch grown cell by cell
     /// was copied at every doubling), in cell order, with what a read needs

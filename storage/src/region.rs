@@ -137,13 +137,9 @@ impl Store {
                 m.puts_only && m.max_seq <= read.snapshot && m.max_versions <= max_versions
             });
         if clean {
-            // One such source has nothing to hide; several have only
-            // columns that span sources to resolve.
-            visible = if memory.len() + files.len() == 1 {
-                visible.all_visible()
-            } else {
-                visible.clean_sources()
-            };
+            // Only columns that span two sources are left to resolve (none
+            // when there is one source).
+            visible = visible.clean_sources();
         }
         let mut sources: Vec<Source> = Vec::new();
         for m in memory {

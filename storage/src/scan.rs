@@ -57,6 +57,19 @@ struct Cursor {
     len: usize,
 }
 
+/// Sets `slot` to the column `(row, qualifier)`, reusing its buffers.
+fn remember(slot: &mut Option<(Vec<u8>, Vec<u8>)>, row: &[u8], qualifier: &[u8]) {
+    match slot {
+        Some((r, q)) => {
+            r.clear();
+            r.extend_from_slice(row);
+            q.clear();
+            q.extend_from_slice(qualifier);
+        }
+        None => *slot = Some((row.to_vec(), qualifier.to_vec())),
+    }
+}
+
 /// Average cells per run from which a merged batch is assembled by
 /// concatenating slices rather than gathering cell by cell.
 const LONG_RUN: usize = 32;
@@ -69,9 +82,11 @@ pub(crate) struct Merge {
     slots: Vec<RecordBatch>,
     started: bool,
     batch_size: usize,
-    /// Source, row and qualifier of the last cell picked (kept across
-    /// batches), to see a column continue from one source into another.
-    last: Option<(usize, Vec<u8>, Vec<u8>)>,
+    /// Row and qualifier of the last cell picked (kept across batches),
+    /// and its source: to see a column continue from one source into
+    /// another.
+    last: Option<(Vec<u8>, Vec<u8>)>,
+    last_source: usize,
     /// The last batch returned holds two adjacent cells of one column
     /// from different sources.
     crossed: bool,
@@ -87,6 +102,7 @@ impl Merge {
             started: false,
             batch_size: batch_size.max(1),
             last: None,
+            last_source: 0,
             crossed: false,
         }
     }
@@ -171,8 +187,8 @@ impl Merge {
                     let c = if s < b { &head[s] } else { &tail[s - b - 1] };
                     c.as_ref().expect("second is live")
                 });
-                if let Some((source, row, qualifier)) = &self.last {
-                    if *source != b
+                if let Some((row, qualifier)) = &self.last {
+                    if self.last_source != b
                         && cur.keys.row.value(cur.pos) == row.as_slice()
                         && cur.keys.qualifier.value(cur.pos) == qualifier.as_slice()
                     {
@@ -211,20 +227,12 @@ impl Merge {
                 runs.push((cur.slot, cur.pos, end - cur.pos));
                 picked += end - cur.pos;
                 cur.pos = end;
-                let (row, qualifier) = (
+                remember(
+                    &mut self.last,
                     cur.keys.row.value(cur.pos - 1),
                     cur.keys.qualifier.value(cur.pos - 1),
                 );
-                match &mut self.last {
-                    Some((source, r, q)) => {
-                        *source = b;
-                        r.clear();
-                        r.extend_from_slice(row);
-                        q.clear();
-                        q.extend_from_slice(qualifier);
-                    }
-                    None => self.last = Some((b, row.to_vec(), qualifier.to_vec())),
-                }
+                self.last_source = b;
                 cur.pos == cur.len
             };
             if exhausted {
@@ -287,8 +295,7 @@ pub(crate) struct Visible {
     column_deletes: Vec<(i64, u64)>,
     versions: u32,
     /// Keep every cell in range (deletes and all versions): a minor
-    /// compaction's rule, or a read of one source that holds only cells
-    /// it sees.
+    /// compaction's rule.
     everything: bool,
     /// Every source holds only puts this read sees, at most `max_versions`
     /// per column: a merged batch in which no column spans two sources
@@ -329,17 +336,6 @@ impl Visible {
         }
     }
 
-    /// The same rules, over a source that the caller knows holds only
-    /// puts this read sees (no deletes, no more versions per column than
-    /// it reads, nothing past its snapshot, no TTL or time range): only the
-    /// row range is applied.
-    pub fn all_visible(self) -> Self {
-        Self {
-            everything: true,
-            ..self
-        }
-    }
-
     /// The same rules, over sources that the caller knows each hold only
     /// puts this read sees (no deletes, at most [`Visible::max_versions`]
     /// per column, nothing past its snapshot, no TTL or time range): only
@@ -368,9 +364,10 @@ impl Visible {
             // The batch's last column so far: its cells in this batch, and
             // those before it when the column began in the last batch.
             let mut run = 1;
-            while run < n && views::eq(row, n - 1 - run, row, n - 1) && {
-                views::eq(qualifier, n - 1 - run, qualifier, n - 1)
-            } {
+            while run < n
+                && views::eq(row, n - 1 - run, row, n - 1)
+                && views::eq(qualifier, n - 1 - run, qualifier, n - 1)
+            {
                 run += 1;
             }
             let continued = run == n
@@ -383,15 +380,7 @@ impl Visible {
             } else {
                 run as u32
             };
-            match &mut self.prev {
-                Some((pr, pq)) => {
-                    pr.clear();
-                    pr.extend_from_slice(r);
-                    pq.clear();
-                    pq.extend_from_slice(q);
-                }
-                None => self.prev = Some((r.to_vec(), q.to_vec())),
-            }
+            remember(&mut self.prev, r, q);
             self.family_deletes.clear();
             self.column_deletes.clear();
         }
@@ -498,7 +487,7 @@ impl Visible {
             keep.append(visible);
         }
         if let Some(j) = last {
-            self.prev = Some((row.value(j).to_vec(), qualifier.value(j).to_vec()));
+            remember(&mut self.prev, row.value(j), qualifier.value(j));
         }
         let mask = BooleanArray::new(keep.finish(), None);
         match mask.true_count() {
