@@ -163,18 +163,19 @@ fn varint(out: &mut Vec<u8>, mut n: u32) {
     out.put_u8(n as u8);
 }
 
-/// The frame `out` with `splices` inserted: what goes on the wire.
-#[cfg(test)]
-pub(super) fn flatten(out: &[u8], splices: &Splices) -> Vec<u8> {
-    let mut wire = Vec::new();
+/// The pieces of the frame `out` with `splices` inserted, in wire order.
+pub(super) fn pieces<'a>(out: &'a [u8], splices: &'a Splices) -> impl Iterator<Item = &'a [u8]> {
     let mut at = 0;
-    for (offset, bytes) in splices {
-        wire.extend_from_slice(&out[at..*offset]);
-        wire.extend_from_slice(bytes);
-        at = *offset;
-    }
-    wire.extend_from_slice(&out[at..]);
-    wire
+    splices
+        .iter()
+        .flat_map(move |(offset, bytes)| {
+            let head = &out[at..*offset];
+            at = *offset;
+            [head, bytes.as_ref()]
+        })
+        .chain(std::iter::once_with(move || {
+            &out[splices.last().map_or(0, |(offset, _)| *offset)..]
+        }))
 }
 
 #[cfg(test)]
@@ -242,7 +243,7 @@ mod tests {
             assert_eq!(&out[..3], &[1, 2, 3]);
             assert_eq!(splices.len(), 2, "two partitions have records (v{v})");
             assert!(out.len() + 600 - 3 == generic.len(), "v{v}");
-            let wire = flatten(&out, &splices);
+            let wire = pieces(&out, &splices).collect::<Vec<_>>().concat();
             assert_eq!(&wire[3..], generic.as_slice(), "fetch v{v}");
         }
     }

@@ -1098,16 +1098,10 @@ async fn write_spliced(
     if splices.is_empty() {
         return socket.write_all(out).await;
     }
-    let mut slices = Vec::with_capacity(2 * splices.len() + 1);
-    let mut at = 0;
-    for (offset, bytes) in splices {
-        slices.push(IoSlice::new(&out[at..*offset]));
-        slices.push(IoSlice::new(bytes));
-        at = *offset;
-    }
-    slices.push(IoSlice::new(&out[at..]));
+    let mut slices: Vec<IoSlice> = fetch_frame::pieces(out, splices)
+        .map(IoSlice::new)
+        .collect();
     let mut rest = slices.as_mut_slice();
-    IoSlice::advance_slices(&mut rest, 0);
     while !rest.is_empty() {
         let n = socket.write_vectored(rest).await?;
         if n == 0 {
