@@ -130,6 +130,8 @@ fn storage_code(e: &StorageError) -> &'static str {
         StorageError::FamilyNotFound { .. } => "42704",
         StorageError::InvalidSplit { .. } | StorageError::NotAdjacent(..) => "22023",
         StorageError::Io { .. } | StorageError::Poisoned(_) => "58030",
+        StorageError::CellTooLarge(_) => "54000",
+        StorageError::TableChanged(_) => "40001",
         StorageError::Corrupted { .. } | StorageError::Parquet { .. } => "XX001",
         _ => "XX000",
     }

@@ -13,6 +13,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::bulk::{BulkLoad, RunFile, SortedRun};
 use crate::cell::{Cell, Mutation};
 use crate::error::{io, Result, StorageError};
 use crate::manifest::{Manifest, RegionMeta, StoreMeta, TableMeta};
@@ -28,9 +29,9 @@ use crate::wal::Wal;
 /// Cells per batch a memstore is flushed in.
 const FLUSH_BATCH: usize = 1 << 16;
 
-struct Table {
+pub(crate) struct Table {
     id: u64,
-    families: BTreeMap<String, FamilyOptions>,
+    pub(crate) families: BTreeMap<String, FamilyOptions>,
     /// Sorted by start key; together they cover every key.
     regions: RwLock<Vec<Arc<Region>>>,
     /// This table's split threshold; 0 = the engine's.
@@ -124,7 +125,7 @@ enum Task {
     MaybeSplit(u64, u64),
 }
 
-struct Inner {
+pub(crate) struct Inner {
     dir: PathBuf,
     options: EngineOptions,
     wal: Wal,
@@ -179,7 +180,21 @@ impl Engine {
             })
             .collect();
         let mut replayed = 0u64;
-        let floor = flushed.values().copied().max().unwrap_or(0);
+        // Bulk-loaded files carry numbers no WAL record does.
+        let file_seqs = tables.values().flat_map(|t| {
+            t.regions
+                .read()
+                .iter()
+                .flat_map(|r| r.stores.values().flat_map(|s| s.state.read().files.clone()))
+                .map(|f| f.max_seq)
+                .collect::<Vec<_>>()
+        });
+        let floor = flushed
+            .values()
+            .copied()
+            .chain(file_seqs)
+            .max()
+            .unwrap_or(0);
         let wal = Wal::open(
             &dir.join("wal"),
             options.sync,
@@ -461,7 +476,10 @@ impl Engine {
         read: &ReadOptions,
     ) -> Result<Vec<Cell>> {
         let table = self.table(table)?;
-        let region = Table::region_for(&table.regions.read(), row);
+        // The snapshot is taken, and the stores read, under the regions'
+        // lock: a bulk load is published under it too, all or nothing.
+        let regions = table.regions.read();
+        let region = Table::region_for(&regions, row);
         region.reads.fetch_add(1, Ordering::Relaxed);
         let read = self.inner.with_snapshot(read);
         let mut end = row.to_vec();
@@ -477,12 +495,9 @@ impl Engine {
     /// Cells of rows in `[start, end)` (`end` empty = to the end), in key
     /// order, as Arrow batches of at most `batch_size` cells.
     pub fn scan(&self, table: &str, scan: &ScanOptions) -> Result<Vec<RecordBatch>> {
-        let table = self.table(table)?;
-        let regions = overlapping(&table, &scan.start, &scan.end);
-        let scan = self.inner.at_snapshot(scan);
         let mut batches = Vec::new();
-        for region in regions {
-            batches.extend(self.scan_region_inner(&table, &region, &scan)?);
+        for scans in self.scan_stores(table, scan)? {
+            batches.extend(collect_region(scans, scan.batch_size)?);
         }
         Ok(batches)
     }
@@ -506,14 +521,15 @@ impl Engine {
         scan: &ScanOptions,
     ) -> Result<Vec<RecordBatch>> {
         let table = self.table(table)?;
-        let r = table
-            .regions
-            .read()
-            .iter()
-            .find(|r| r.id == region)
-            .cloned()
-            .ok_or(StorageError::RegionNotFound(region))?;
-        self.scan_region_inner(&table, &r, &self.inner.at_snapshot(scan))
+        let scans = {
+            let regions = table.regions.read();
+            let r = regions
+                .iter()
+                .find(|r| r.id == region)
+                .ok_or(StorageError::RegionNotFound(region))?;
+            region_stores(&table, r, &self.inner.at_snapshot(scan))?
+        };
+        collect_region(scans, scan.batch_size)
     }
 
     /// Streaming scans of the regions that overlap `[start, end)`, in key
@@ -522,21 +538,18 @@ impl Engine {
     /// different threads.
     pub fn scan_stores(&self, table: &str, scan: &ScanOptions) -> Result<Vec<Vec<StoreScan>>> {
         let table = self.table(table)?;
-        let regions = overlapping(&table, &scan.start, &scan.end);
+        let regions = table.regions.read();
         let scan = self.inner.at_snapshot(scan);
-        regions
+        overlapping(&regions, &scan.start, &scan.end)
             .iter()
             .map(|r| region_stores(&table, r, &scan))
             .collect()
     }
+}
 
-    fn scan_region_inner(
-        &self,
-        table: &Table,
-        region: &Region,
-        scan: &ScanOptions,
-    ) -> Result<Vec<RecordBatch>> {
-        let mut scans = region_stores(table, region, scan)?;
+/// A region's store scans read to the end, in the cell schema.
+fn collect_region(mut scans: Vec<StoreScan>, batch_size: usize) -> Result<Vec<RecordBatch>> {
+    {
         if scans.len() == 1 {
             let family = scans[0].family().to_string();
             return scans
@@ -555,9 +568,11 @@ impl Engine {
             }
             per_family.push(cells);
         }
-        to_batches(&merge(per_family), scan.batch_size.max(1))
+        to_batches(&merge(per_family), batch_size.max(1))
     }
+}
 
+impl Engine {
     /// Flushes every memstore of the table now.
     pub fn flush(&self, table: &str) -> Result<()> {
         let table = self.table(table)?;
@@ -654,6 +669,12 @@ impl Engine {
         self.inner.wal.segment_count()
     }
 
+    /// Starts a bulk load into `table`: cells sorted in memory and written
+    /// straight to store files, visible all at once when it commits.
+    pub fn bulk_load(&self, table: &str) -> Result<BulkLoad> {
+        Ok(BulkLoad::new(self.inner.clone(), self.table(table)?, table))
+    }
+
     /// Waits until queued background work is done.
     pub fn wait_idle(&self) {
         let mut tasks = self.inner.tasks.lock();
@@ -702,10 +723,8 @@ fn selected<'a>(
 
 /// The regions of `table` that overlap `[start, end)` (`end` empty = to
 /// the end), in key order.
-fn overlapping(table: &Table, start: &[u8], end: &[u8]) -> Vec<Arc<Region>> {
-    table
-        .regions
-        .read()
+fn overlapping(regions: &[Arc<Region>], start: &[u8], end: &[u8]) -> Vec<Arc<Region>> {
+    regions
         .iter()
         .filter(|r| {
             (end.is_empty() || r.start.as_slice() < end)
@@ -1071,6 +1090,213 @@ impl Inner {
         self.purge_wal()
     }
 
+    pub(crate) fn bulk_memory(&self) -> usize {
+        self.options.bulk_load_memory.clamp(1, 2 << 30)
+    }
+
+    fn split_threshold(&self, table: &Table) -> u64 {
+        match table.split_bytes.load(Ordering::Relaxed) {
+            0 => self.options.region_split_bytes,
+            n => n,
+        }
+    }
+
+    /// Before the last run of a bulk load is written: a region the run
+    /// would take past its split threshold is split first, at row keys of
+    /// the run, into pieces under the threshold. The run's files then land
+    /// in the daughters as written; a split after the load would have to
+    /// rewrite them.
+    pub(crate) fn split_for_load(&self, table: &Table, run: &SortedRun<'_>) -> Result<()> {
+        let threshold = self.split_threshold(table).max(1);
+        let regions = table.regions.read().clone();
+        let mut keys = Vec::new();
+        for r in &regions {
+            let range = run.range(&r.start, &r.end);
+            if range.is_empty() {
+                continue;
+            }
+            let load: u64 = range.clone().map(|i| run.file_bytes(i)).sum();
+            let pieces = (r.size() + load).div_ceil(threshold);
+            if pieces < 2 {
+                continue;
+            }
+            let share = load / pieces;
+            let (mut acc, mut cut) = (0, share);
+            for i in range.clone() {
+                acc += run.file_bytes(i);
+                if acc >= cut && i + 1 < range.end && run.row(i + 1) != run.row(i) {
+                    keys.push(run.row(i + 1).to_vec());
+                    cut += share;
+                }
+            }
+        }
+        for key in keys {
+            let region = Table::region_for(&table.regions.read(), &key);
+            if region.start.as_slice() < key.as_slice() {
+                self.split(table, region.id, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a sorted run as one store file per region and family, cut at
+    /// the regions' boundaries of now, every cell stamped with a new
+    /// sequence number; files of different regions on different threads.
+    /// The files belong to no region yet.
+    pub(crate) fn write_run(
+        &self,
+        table: &Table,
+        families: &[String],
+        run: &SortedRun<'_>,
+    ) -> Result<(u64, Vec<RunFile>)> {
+        let seq = self.wal.reserve()?;
+        let regions = table.regions.read().clone();
+        let mut jobs = Vec::new();
+        for r in &regions {
+            let range = run.range(&r.start, &r.end);
+            for (i, family) in families.iter().enumerate() {
+                let Some(store) = r.stores.get(family) else {
+                    continue;
+                };
+                let n = run.count(range.clone(), i as u16);
+                if n > 0 {
+                    jobs.push((store, i as u16, range.clone(), n));
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Mutex<Vec<RunFile>> = Mutex::new(Vec::new());
+        let failed: Mutex<Option<StorageError>> = Mutex::new(None);
+        let work = || {
+            while failed.lock().is_none() {
+                let Some((store, family, range, n)) =
+                    jobs.get(next.fetch_add(1, Ordering::Relaxed))
+                else {
+                    break;
+                };
+                let id = self.manifest.lock().allocate_id();
+                let mut batches = run.batches(range.clone(), *family, seq);
+                match write_file(&self.dir, id, store, &mut batches, *n, &self.metrics) {
+                    Ok(Some(f)) => {
+                        Metrics::add(&self.metrics.bulk_bytes, f.size);
+                        done.lock().push(RunFile {
+                            family: store.family.clone(),
+                            file: f,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => *failed.lock() = Some(e),
+                }
+            }
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len());
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+        let files = done.into_inner();
+        if let Some(e) = failed.into_inner() {
+            for f in &files {
+                let _ = std::fs::remove_file(&f.file.path);
+            }
+            return Err(e);
+        }
+        Ok((seq, files))
+    }
+
+    /// Adds a bulk load's files to the regions they overlap, in one
+    /// manifest edit, under the regions' lock (which readers hold while
+    /// they take their snapshot and open their stores): a reader sees all
+    /// of the load or none of it.
+    pub(crate) fn publish_load(
+        &self,
+        name: &str,
+        table: &Arc<Table>,
+        runs: &[RunFile],
+        max_seq: u64,
+        user_bytes: u64,
+    ) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        // Every number up to the load's is visible before its files are.
+        while self.visible_seq() < max_seq {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let touched = {
+            let tables = self.tables.read();
+            if !tables.get(name).is_some_and(|t| Arc::ptr_eq(t, table))
+                || table.retired.load(Ordering::SeqCst)
+            {
+                return Err(StorageError::TableChanged(name.to_string()));
+            }
+            let regions = table.regions.write();
+            let mut added: Vec<(Arc<Region>, &RunFile)> = Vec::new();
+            let mut m = self.manifest.lock();
+            let mut next = m.clone();
+            for run in runs {
+                let f = &run.file;
+                for r in regions.iter().filter(|r| {
+                    f.max_row.as_slice() >= r.start.as_slice()
+                        && (r.end.is_empty() || f.min_row.as_slice() < r.end.as_slice())
+                }) {
+                    let meta = next
+                        .regions
+                        .get_mut(&r.id)
+                        .ok_or(StorageError::RegionNotFound(r.id))?;
+                    meta.stores
+                        .entry(run.family.clone())
+                        .or_default()
+                        .files
+                        .push(f.id);
+                    added.push((r.clone(), run));
+                }
+            }
+            next.store(&self.dir)?;
+            *m = next;
+            drop(m);
+            let mut touched: Vec<Arc<Region>> = Vec::new();
+            for (r, run) in added {
+                if let Some(store) = r.stores.get(&run.family) {
+                    store.state.write().files.push(run.file.clone());
+                }
+                if !touched.iter().any(|t| t.id == r.id) {
+                    touched.push(r);
+                }
+            }
+            touched
+        };
+        Metrics::add(&self.metrics.user_bytes, user_bytes);
+        tracing::debug!(
+            table = table.id,
+            files = runs.len(),
+            max_seq,
+            "bulk load published"
+        );
+        for r in touched {
+            let crowded = r
+                .stores
+                .values()
+                .any(|s| s.state.read().files.len() >= self.options.compaction_min_files);
+            if self.options.background {
+                if crowded {
+                    self.enqueue(Task::Compact(table.id, r.id, false));
+                }
+                self.enqueue(Task::MaybeSplit(table.id, r.id));
+            } else {
+                if crowded {
+                    self.compact_region(table, &r, false)?;
+                }
+                self.maybe_split(table, r.id)?;
+            }
+        }
+        Ok(())
+    }
+
     fn enqueue(&self, task: Task) {
         let mut tasks = self.tasks.lock();
         if !tasks.contains(&task) {
@@ -1217,11 +1443,7 @@ impl Inner {
             Some(r) => r.clone(),
             None => return Ok(false),
         };
-        let threshold = match table.split_bytes.load(Ordering::Relaxed) {
-            0 => self.options.region_split_bytes,
-            n => n,
-        };
-        if r.size() < threshold {
+        if r.size() < self.split_threshold(table) {
             return Ok(false);
         }
         if r.has_references() {

@@ -54,6 +54,10 @@ pub enum StorageError {
         expected: i32,
         got: i32,
     },
+    #[error("a cell of {0} bytes is too large for a bulk load (at most 4 GiB)")]
+    CellTooLarge(usize),
+    #[error("table {0} was truncated, dropped or altered during a bulk load; nothing was loaded")]
+    TableChanged(String),
     #[error("the engine is closed after an earlier write failure: {0}")]
     Poisoned(String),
 }

@@ -21,6 +21,7 @@
 //! It knows Arrow and Parquet, not SQL, DataFusion or the wire protocol.
 
 mod bloom;
+mod bulk;
 mod cell;
 mod engine;
 mod error;
@@ -36,6 +37,7 @@ mod store_file;
 pub mod views;
 mod wal;
 
+pub use bulk::BulkLoad;
 pub use cell::{Cell, CellKey, CellKind, Mutation};
 pub use engine::{cell_schema, Engine, RegionInfo, ScanOptions, StoreFileInfo};
 pub use error::{Result, StorageError};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Metrics {
     pub user_bytes: AtomicU64,
     pub flush_bytes: AtomicU64,
+    pub bulk_bytes: AtomicU64,
     pub compaction_bytes: AtomicU64,
     pub data_reads: AtomicU64,
     pub file_reads: AtomicU64,
@@ -25,6 +26,7 @@ impl Metrics {
             user_bytes: get(&self.user_bytes),
             wal_bytes: 0,
             flush_bytes: get(&self.flush_bytes),
+            bulk_bytes: get(&self.bulk_bytes),
             compaction_bytes: get(&self.compaction_bytes),
             data_reads: get(&self.data_reads),
             file_reads: get(&self.file_reads),
@@ -36,12 +38,15 @@ impl Metrics {
 /// A copy of an engine's counters since it was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EngineMetrics {
-    /// Row, qualifier and value bytes of every mutation written.
+    /// Row, qualifier and value bytes of every mutation written (and cell
+    /// bulk-loaded).
     pub user_bytes: u64,
     /// Bytes appended to the write-ahead log.
     pub wal_bytes: u64,
     /// Bytes of store files written by flushes.
     pub flush_bytes: u64,
+    /// Bytes of store files written by bulk loads.
+    pub bulk_bytes: u64,
     /// Bytes of store files written by compactions.
     pub compaction_bytes: u64,
     /// Store-file reads that decoded at least one data page.
@@ -58,6 +63,7 @@ impl EngineMetrics {
         if self.user_bytes == 0 {
             return 0.0;
         }
-        (self.wal_bytes + self.flush_bytes + self.compaction_bytes) as f64 / self.user_bytes as f64
+        (self.wal_bytes + self.flush_bytes + self.bulk_bytes + self.compaction_bytes) as f64
+            / self.user_bytes as f64
     }
 }

@@ -108,6 +108,9 @@ pub struct EngineOptions {
     /// A store with this many files is compacted (minor).
     pub compaction_min_files: usize,
     pub wal_segment_bytes: u64,
+    /// A bulk load sorts this many bytes of cells in memory before it
+    /// writes them as a run of store files (default 1 GiB, at most 2 GiB).
+    pub bulk_load_memory: usize,
     /// Run flushes, compactions and splits on a background thread. Tests
     /// that drive every step themselves turn this off.
     pub background: bool,
@@ -123,6 +126,7 @@ impl Default for EngineOptions {
             region_split_bytes: 256 << 20,
             compaction_min_files: 4,
             wal_segment_bytes: 64 << 20,
+            bulk_load_memory: 1 << 30,
             background: true,
         }
     }

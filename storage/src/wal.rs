@@ -283,6 +283,19 @@ impl Wal {
         self.state.lock().next_seq - 1
     }
 
+    /// Hands out a sequence number that no record carries: a bulk load
+    /// stamps it on the cells of store files it writes straight to disk
+    /// (after a restart, numbers continue above the files' own).
+    pub fn reserve(&self) -> Result<u64> {
+        let mut st = self.state.lock();
+        if let Some(e) = &st.failed {
+            return Err(StorageError::Poisoned(e.clone()));
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        Ok(seq)
+    }
+
     /// Appends one batch and returns its sequence number once the policy
     /// says the write is done. `before_release` runs under the log's lock
     /// with the assigned sequence number, so callers can register it in

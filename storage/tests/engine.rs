@@ -7,7 +7,8 @@ use std::path::Path;
 use arrow::array::{AsArray, RecordBatch};
 use proptest::prelude::*;
 use tidebase_storage::{
-    Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy, WalRecord,
+    CellKind, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions, SyncPolicy,
+    WalRecord,
 };
 
 fn tiny() -> EngineOptions {
@@ -555,6 +556,8 @@ enum Op {
     SplitAt(u8),
     Merge,
     Reopen,
+    /// Puts (row, family g?, qualifier, value) through one bulk load.
+    Bulk(Vec<(u8, bool, u8, u8)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -571,6 +574,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u8..40).prop_map(Op::SplitAt),
         1 => Just(Op::Merge),
         1 => Just(Op::Reopen),
+        2 => proptest::collection::vec((0u8..40, any::<bool>(), 0u8..3, any::<u8>()), 1..12)
+            .prop_map(Op::Bulk),
     ]
 }
 
@@ -593,6 +598,8 @@ fn run_model(ops: Vec<Op>) {
     let opts = EngineOptions {
         memstore_flush_bytes: 600,
         region_split_bytes: 6000,
+        // A few cells per run: loads spill runs.
+        bulk_load_memory: 300,
         ..tiny()
     };
     let mut e = Engine::open(dir.path(), opts.clone()).unwrap();
@@ -668,6 +675,16 @@ fn run_model(ops: Vec<Op>) {
             Op::Reopen => {
                 drop(e);
                 e = Engine::open(dir.path(), opts.clone()).unwrap();
+            }
+            Op::Bulk(puts) => {
+                let mut load = e.bulk_load("t").unwrap();
+                for (r, g, q, v) in puts {
+                    let val = vec![v; 20];
+                    load.add(&row(r), fam(g), &[q], ts, CellKind::Put, &val)
+                        .unwrap();
+                    oracle.insert((row(r), fam(g).into(), vec![q]), val);
+                }
+                load.commit().unwrap();
             }
         }
     }

@@ -33,7 +33,7 @@ use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use tidebase_storage::{views, Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
+use tidebase_storage::{views, CellKind, Engine, Mutation, ReadOptions, ScanOptions, StoreScan};
 
 use super::codec::{
     self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
@@ -139,17 +139,15 @@ impl RegionTable {
         }
     }
 
-    /// Stages a bulk load: batches are turned into mutations and spilled to
-    /// a temporary file; nothing is visible until [`CopyStage::commit`].
+    /// Stages a bulk load: rows are turned into cells and handed to the
+    /// engine's bulk load, which sorts them and writes store files; nothing
+    /// is visible until [`CopyStage::commit`], then all of it is.
     pub fn stage(&self) -> Result<CopyStage> {
         Ok(CopyStage {
             table: self.clone_for_write(),
-            spill: std::io::BufWriter::new(tempfile::tempfile().map_err(|e| {
-                DataFusionError::Execution(format!("cannot create a spill file for COPY: {e}"))
-            })?),
+            load: self.engine.bulk_load(&self.def.name).map_err(storage)?,
             ts: self.clock.now_ms(),
             rows: 0,
-            chunks: 0,
         })
     }
 
@@ -475,6 +473,23 @@ impl RegionTable {
         ts: i64,
     ) -> Result<Vec<Mutation>> {
         let mut out = Vec::with_capacity(batch.num_rows() * (batch.num_columns() + 1));
+        self.for_each_put(batch, first_row, |key, family, qualifier, value| {
+            out.push(Mutation::put(key, family, qualifier, ts, value));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The cells that store the rows of `batch` (table-schema order), as
+    /// (row key, family, qualifier, value): each non-NULL value, and a row
+    /// marker for a row with no value in the default family. Errors name
+    /// the row (counted from `first_row + 1`).
+    fn for_each_put(
+        &self,
+        batch: &RecordBatch,
+        first_row: u64,
+        mut put: impl FnMut(&[u8], &str, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
         for row in 0..batch.num_rows() {
             let key = self.row_key(batch, row, first_row)?;
             let mut marked = false;
@@ -484,14 +499,15 @@ impl RegionTable {
                 }
                 if let Some(v) = encode_value(c.ty, batch.column(i), row) {
                     marked |= c.family == DEFAULT_FAMILY;
-                    out.push(Mutation::put(&key, &c.family, c.name.as_bytes(), ts, &v));
+                    put(&key, &c.family, c.name.as_bytes(), &v)?;
                 }
             }
             if !marked {
-                out.push(row_marker(&key, ts));
+                // The row marker (see `row_marker`).
+                put(&key, DEFAULT_FAMILY, b"", b"")?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn row_key(&self, batch: &RecordBatch, row: usize, first_row: u64) -> Result<Vec<u8>> {
@@ -1742,10 +1758,9 @@ impl<'a> RowAssembler<'a> {
 /// A bulk load in progress (see [`RegionTable::stage`]).
 pub struct CopyStage {
     table: RegionTable,
-    spill: std::io::BufWriter<std::fs::File>,
+    load: tidebase_storage::BulkLoad,
     ts: i64,
     rows: u64,
-    chunks: u64,
 }
 
 impl CopyStage {
@@ -1757,47 +1772,19 @@ impl CopyStage {
     /// Stages a batch in table-schema order. Errors name the row (counted
     /// from 1 across the whole load).
     pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        use std::io::Write;
-        let mutations = self.table.put_mutations(batch, self.rows, self.ts)?;
-        let mut buf = Vec::new();
-        tidebase_storage::WalRecord {
-            table: 0,
-            seq: self.chunks,
-            mutations,
-        }
-        .encode(&mut buf);
-        self.spill
-            .write_all(&buf)
-            .map_err(|e| DataFusionError::Execution(format!("COPY spill file: {e}")))?;
+        let (load, ts) = (&mut self.load, self.ts);
+        self.table
+            .for_each_put(batch, self.rows, |key, family, qualifier, value| {
+                load.add(key, family, qualifier, ts, CellKind::Put, value)
+                    .map_err(storage)
+            })?;
         self.rows += batch.num_rows() as u64;
-        self.chunks += 1;
         Ok(())
     }
 
-    /// Applies every staged chunk; returns the row count. Each chunk is one
-    /// atomic write; a crash while applying keeps a prefix of the chunks.
+    /// Makes the whole load visible at once; returns the row count.
     pub fn commit(self) -> Result<u64> {
-        use std::io::{Read, Seek};
-        let io = |e: std::io::Error| DataFusionError::Execution(format!("COPY spill file: {e}"));
-        let mut file = self.spill.into_inner().map_err(|e| io(e.into_error()))?;
-        file.rewind().map_err(io)?;
-        let mut reader = std::io::BufReader::new(file);
-        loop {
-            let mut header = [0u8; 8];
-            match reader.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(io(e)),
-            }
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let mut record = header.to_vec();
-            record.resize(8 + len, 0);
-            reader.read_exact(&mut record[8..]).map_err(io)?;
-            let (r, _) = tidebase_storage::WalRecord::decode(&record)
-                .map_err(|e| DataFusionError::Execution(format!("COPY spill file: {e}")))?
-                .ok_or_else(|| DataFusionError::Execution("COPY spill file: torn record".into()))?;
-            self.table.write(r.mutations)?;
-        }
+        self.load.commit().map_err(storage)?;
         Ok(self.rows)
     }
 }
