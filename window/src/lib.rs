@@ -25,10 +25,13 @@
 
 pub mod example;
 pub mod exclude;
+pub mod grouped;
 pub mod sorted;
 
 /// What this crate adds to every session of `catalog`: window functions
-/// over sorted input evaluated a partition at a time ([`sorted`]).
+/// over sorted input evaluated a partition at a time ([`sorted`]), and
+/// aggregates grouped by a row-key prefix run per scan partition
+/// ([`grouped`]).
 pub fn install(catalog: tidebase_catalog::Catalog) -> tidebase_catalog::Catalog {
     catalog.with_physical_optimizer_rule(std::sync::Arc::new(sorted::SortedWindows))
 }

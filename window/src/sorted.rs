@@ -128,6 +128,11 @@ fn rewrite(plan: Arc<dyn ExecutionPlan>, partitioned: bool) -> Result<Arc<dyn Ex
         new_children.push(rewrite(child.clone(), child_partitioned)?);
     }
     let plan = replace_children_if_necessary(plan, new_children)?;
+    if !partitioned {
+        if let Some(whole) = crate::grouped::per_partition(&plan) {
+            return Ok(whole);
+        }
+    }
     // Both of DataFusion's window operators read input sorted by the
     // partition and order keys; the bounded one says so by its mode (it
     // also runs over partially sorted input).

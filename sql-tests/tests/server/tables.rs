@@ -493,6 +493,65 @@ async fn acknowledged_inserts_and_copies_survive_sigkill() -> anyhow::Result<()>
 }
 
 #[tokio::test]
+async fn aggregates_grouped_by_a_key_prefix_run_per_region_without_an_exchange(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let client = server.connect().await?;
+    // 50 users x 100 timestamps, in three regions cut inside users 20 and 35.
+    client
+        .batch_execute(
+            "CREATE TABLE grp (user_id INT, ts BIGINT, amount BIGINT, PRIMARY KEY (user_id, ts)); \
+             INSERT INTO grp SELECT v % 50, v / 50, v FROM generate_series(0, 4999) AS g(v); \
+             ALTER TABLE grp SPLIT AT (20, 50); ALTER TABLE grp SPLIT AT (35, 7); ALTER TABLE grp FLUSH",
+        )
+        .await?;
+    let amount = |u: i64, t: i64| u + 50 * t;
+    for (sql, filtered) in [
+        ("SELECT user_id, sum(amount), count(*) FROM grp GROUP BY user_id ORDER BY user_id", false),
+        (
+            "SELECT user_id, sum(amount), count(*) FROM grp WHERE amount % 3 = 0 GROUP BY user_id ORDER BY user_id",
+            true,
+        ),
+    ] {
+        let plan = explain(&client, sql).await?;
+        assert!(
+            plan.contains("mode=SinglePartitioned") && !plan.contains("RepartitionExec"),
+            "{plan}"
+        );
+        let got: Vec<(i32, i64, i64)> = client
+            .query(sql, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let want: Vec<(i32, i64, i64)> = (0..50i64)
+            .map(|u| {
+                let values: Vec<i64> = (0..100)
+                    .map(|t| amount(u, t))
+                    .filter(|a| !filtered || a % 3 == 0)
+                    .collect();
+                (u as i32, values.iter().sum(), values.len() as i64)
+            })
+            .collect();
+        assert_eq!(got, want, "{sql}");
+    }
+    // Groups that are not a key prefix still go through an exchange.
+    let sql = "SELECT ts, sum(amount) FROM grp GROUP BY ts ORDER BY ts";
+    assert!(explain(&client, sql).await?.contains("RepartitionExec"));
+    let got: Vec<(i64, i64)> = client
+        .query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(i64, i64)> = (0..100i64)
+        .map(|t| (t, (0..50).map(|u| amount(u, t)).sum()))
+        .collect();
+    assert_eq!(got, want);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_single_region_is_scanned_in_parallel_halves() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let client = server.connect().await?;
