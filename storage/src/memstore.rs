@@ -135,14 +135,20 @@ impl MemStore {
     }
 
     /// Inserts the cells of one write batch (sequence number `seq`) under
-    /// one lock.
+    /// one lock. The cells are built and sorted before the lock is taken
+    /// (concurrent writers overlap in that part), and go in in key order,
+    /// so consecutive inserts descend the same path of the tree. Of equal
+    /// cells in the batch, the last one is kept (the sort is stable).
     pub fn insert_all<'a>(&self, seq: u64, mutations: impl IntoIterator<Item = &'a Mutation>) {
-        let mut added = 0;
+        let mut entries: Vec<Entry> = mutations
+            .into_iter()
+            .map(|m| Entry::new(&m.row, &m.qualifier, m.ts, seq, m.kind, &m.value))
+            .collect();
+        entries.sort();
+        let added: usize = entries.iter().map(Entry::size).sum();
         {
             let mut set = self.cells.write();
-            for m in mutations {
-                let e = Entry::new(&m.row, &m.qualifier, m.ts, seq, m.kind, &m.value);
-                added += e.size();
+            for e in entries {
                 set.replace(e);
             }
         }
@@ -271,6 +277,18 @@ mod tests {
         assert_eq!(rows, vec![b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(m.range(&[], &[]).len(), 4);
         assert_eq!(m.max_seq(), 4);
+    }
+
+    #[test]
+    fn of_equal_cells_in_one_batch_the_last_is_kept() {
+        let m = MemStore::new("f");
+        let batch: Vec<Mutation> = (0..50u8)
+            .map(|i| Mutation::put(&[b'r', i % 5], "f", b"q", 1, &[i]))
+            .collect();
+        m.insert_all(1, &batch);
+        let cells = m.range(&[], &[]);
+        let values: Vec<Vec<u8>> = cells.into_iter().map(|c| c.value).collect();
+        assert_eq!(values, (45..50u8).map(|i| vec![i]).collect::<Vec<_>>());
     }
 
     fn key() -> impl proptest::strategy::Strategy<Value = (Vec<u8>, Vec<u8>, i64, u64)> {

@@ -44,6 +44,28 @@ pub fn eq(a: &BinaryViewArray, i: usize, b: &BinaryViewArray, j: usize) -> bool 
     a.value(i) == b.value(j)
 }
 
+/// The view a value of up to 12 bytes has in any binary view array (its
+/// length, then its bytes, zero-padded), or `None` for a longer value,
+/// whose view also names a buffer.
+pub fn inline_view(value: &[u8]) -> Option<u128> {
+    if value.len() > 12 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    b[4..4 + value.len()].copy_from_slice(value);
+    Some(u128::from_le_bytes(b))
+}
+
+/// Whether `a[i]` holds `value`, whose [`inline_view`] is `view`.
+#[inline]
+pub fn is(a: &BinaryViewArray, i: usize, value: &[u8], view: Option<u128>) -> bool {
+    match view {
+        Some(v) => a.views()[i] == v,
+        None => a.value(i) == value,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +86,7 @@ mod tests {
                 for (j, y) in b.iter().enumerate() {
                     prop_assert_eq!(cmp(&av, i, &bv, j), x.cmp(y));
                     prop_assert_eq!(eq(&av, i, &bv, j), x == y);
+                    prop_assert_eq!(is(&av, i, y, inline_view(y)), x == y);
                 }
             }
         }

@@ -37,7 +37,7 @@ use tidebase_storage::{views, CellKind, Engine, Mutation, ReadOptions, ScanOptio
 
 use super::codec::{
     self, builder, decode_key_value, decode_key_values, decode_value, decode_values,
-    encode_key_value, encode_value, same_bytes, skip_key_value,
+    encode_key_value, encode_value, skip_key_value,
 };
 use super::def::{SqlType, TableDef, DEFAULT_FAMILY};
 use crate::CatalogError;
@@ -1627,18 +1627,31 @@ impl<'a> RowAssembler<'a> {
         let ncols = c.columns.len();
         // Row r starts at cell starts[r]; its value of column k is in cell
         // cells[r * ncols + k].
-        let mut starts: Vec<u32> = Vec::new();
-        let mut cells: Vec<u32> = Vec::new();
+        let mut starts: Vec<u32> = Vec::with_capacity(to - from);
+        let mut cells: Vec<u32> = Vec::with_capacity((to - from) * ncols);
+        // Column names as views: a qualifier of up to 12 bytes is matched
+        // by comparing its view (no column name is empty, so the row
+        // marker matches none).
+        let names: Vec<Option<u128>> = c
+            .columns
+            .iter()
+            .map(|(name, _)| views::inline_view(name))
+            .collect();
         for i in from..to {
             if i == from || !views::eq(&c.row, i, &c.row, i - 1) {
                 starts.push(i as u32);
-                cells.extend(std::iter::repeat_n(NONE, ncols));
+                if ncols == 1 {
+                    cells.push(NONE);
+                } else {
+                    cells.extend(std::iter::repeat_n(NONE, ncols));
+                }
             }
-            let q = c.qualifier.value(i);
-            if q.is_empty() {
-                continue;
-            }
-            if let Some(k) = c.columns.iter().position(|(name, _)| same_bytes(name, q)) {
+            let column = c
+                .columns
+                .iter()
+                .zip(&names)
+                .position(|((name, _), view)| views::is(&c.qualifier, i, name, *view));
+            if let Some(k) = column {
                 let r = starts.len() - 1;
                 cells[r * ncols + k] = i as u32;
             }
