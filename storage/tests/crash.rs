@@ -1,6 +1,6 @@
-//! Kill -9 a writer at random moments (during flushes, compactions and
-//! splits too) and check that every acknowledged batch is back, whole, and
-//! that no batch is half-present.
+//! Kill -9 a writer at random moments (during flushes, compactions, splits
+//! and bulk loads too) and check that every acknowledged batch and load is
+//! back, whole, and that no batch or load is half-present.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -17,6 +17,7 @@ fn every_acknowledged_batch_survives_sigkill() {
     let mut rng = rand::thread_rng();
     let mut acked: HashMap<String, u64> = HashMap::new();
     let mut splits_seen = 0;
+    let mut loads_seen = 0;
     for round in 0..5u64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
             .arg(dir.path())
@@ -78,10 +79,23 @@ fn every_acknowledged_batch_survives_sigkill() {
             found.values().all(|f| f.len() == 2),
             "a batch is half-present after round {round}"
         );
+        // No load is half-present: each load's rows carry its number.
+        let mut per_load: HashMap<&[u8], u64> = HashMap::new();
+        for (row, families) in &found {
+            if row.starts_with(b"b") {
+                *per_load.entry(families[0].1.as_slice()).or_default() += 1;
+            }
+        }
+        assert!(
+            per_load.values().all(|&n| n == 50),
+            "a bulk load is half-present after round {round}: {per_load:?}"
+        );
+        loads_seen += per_load.len();
         let families_per_row = found;
         assert!(families_per_row.len() >= acked.len());
         splits_seen = splits_seen.max(engine.regions("t").unwrap().len());
     }
+    assert!(loads_seen > 0, "no bulk load committed before a kill");
     assert!(
         splits_seen > 1,
         "the writer never split a region; the test did not exercise splits"

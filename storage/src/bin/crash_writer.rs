@@ -1,5 +1,6 @@
 //! Test helper for the crash test: writes batches with `sync = always`
-//! from four threads and prints each sequence of acknowledged batch numbers,
+//! from four threads, and bulk loads of 50 rows (several runs each) from a
+//! fifth, and prints each acknowledged row with its batch or load number,
 //! until it is killed. Not part of the server.
 //!
 //! Usage: `crash-writer <dir> <first batch number>`
@@ -7,7 +8,12 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use tidebase_storage::{Engine, EngineOptions, FamilyOptions, Mutation, StorageError, SyncPolicy};
+use tidebase_storage::{
+    CellKind, Engine, EngineOptions, FamilyOptions, Mutation, StorageError, SyncPolicy,
+};
+
+/// Rows per bulk load; the crash test expects a load whole or absent.
+const LOAD_ROWS: u64 = 50;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -22,6 +28,7 @@ fn main() {
         region_split_bytes: 96 * 1024,
         compaction_min_files: 3,
         wal_segment_bytes: 32 * 1024,
+        bulk_load_memory: 4096,
         background: true,
         ..Default::default()
     };
@@ -57,7 +64,34 @@ fn main() {
             })
         })
         .collect();
+    let loader = {
+        let engine = engine.clone();
+        let out = out.clone();
+        std::thread::spawn(move || {
+            // Load numbers lie above the writers' batch numbers of a round.
+            let mut n = first + 5_000_000;
+            loop {
+                let value = n.to_le_bytes();
+                let rows: Vec<String> = (0..LOAD_ROWS).map(|i| format!("b{n:012}{i:03}")).collect();
+                let mut load = engine.bulk_load("t").expect("bulk load");
+                for row in &rows {
+                    load.add(row.as_bytes(), "f", b"a", 1, CellKind::Put, &value)
+                        .expect("add");
+                    load.add(row.as_bytes(), "g", b"b", 1, CellKind::Put, &value)
+                        .expect("add");
+                }
+                load.commit().expect("commit");
+                let mut o = out.lock().expect("stdout");
+                for row in &rows {
+                    writeln!(o, "{n} {row}").expect("stdout");
+                }
+                o.flush().expect("stdout");
+                n += 1;
+            }
+        })
+    };
     for t in threads {
         let _ = t.join();
     }
+    let _ = loader.join();
 }
