@@ -212,7 +212,7 @@ pub fn from_statement(stmt: &Statement) -> Option<Result<CopyCommand, QueryError
 
 /// Where a COPY FROM STDIN goes: a region table or a topic.
 enum Stage {
-    Table(CopyStage),
+    Table(Box<CopyStage>),
     Topic(TopicStage),
 }
 
@@ -276,7 +276,7 @@ impl CopyIn {
         format: CopyFormat,
     ) -> Result<(Self, usize), QueryError> {
         let (def, stage, own_columns) = match session.catalog.user_schema().get(table) {
-            Some(t) => (t.def.clone(), Stage::Table(t.stage()?), t.def.columns.len()),
+            Some(t) => (t.def.clone(), Stage::Table(Box::new(t.stage()?)), t.def.columns.len()),
             None => {
                 let t = session
                     .catalog
