@@ -276,7 +276,11 @@ impl CopyIn {
         format: CopyFormat,
     ) -> Result<(Self, usize), QueryError> {
         let (def, stage, own_columns) = match session.catalog.user_schema().get(table) {
-            Some(t) => (t.def.clone(), Stage::Table(Box::new(t.stage()?)), t.def.columns.len()),
+            Some(t) => (
+                t.def.clone(),
+                Stage::Table(Box::new(t.stage()?)),
+                t.def.columns.len(),
+            ),
             None => {
                 let t = session
                     .catalog
