@@ -545,34 +545,7 @@ impl Engine {
             .map(|r| region_stores(&table, r, &scan))
             .collect()
     }
-}
 
-/// A region's store scans read to the end, in the cell schema.
-fn collect_region(mut scans: Vec<StoreScan>, batch_size: usize) -> Result<Vec<RecordBatch>> {
-    {
-        if scans.len() == 1 {
-            let family = scans[0].family().to_string();
-            return scans
-                .pop()
-                .into_iter()
-                .flatten()
-                .map(|b| cell_batch(&b?, &family))
-                .collect();
-        }
-        let mut per_family = Vec::new();
-        for s in scans {
-            let family = s.family().to_string();
-            let mut cells = Vec::new();
-            for b in s {
-                cells.extend(store_file::cells_of(&b?, &family));
-            }
-            per_family.push(cells);
-        }
-        to_batches(&merge(per_family), batch_size.max(1))
-    }
-}
-
-impl Engine {
     /// Flushes every memstore of the table now.
     pub fn flush(&self, table: &str) -> Result<()> {
         let table = self.table(table)?;
@@ -750,6 +723,29 @@ fn region_stores(table: &Table, region: &Region, scan: &ScanOptions) -> Result<V
         .into_iter()
         .map(|(_, store)| store.scan(lo, hi, &scan.read, scan.batch_size))
         .collect()
+}
+
+/// A region's store scans read to the end, in the cell schema.
+fn collect_region(mut scans: Vec<StoreScan>, batch_size: usize) -> Result<Vec<RecordBatch>> {
+    if scans.len() == 1 {
+        let family = scans[0].family().to_string();
+        return scans
+            .pop()
+            .into_iter()
+            .flatten()
+            .map(|b| cell_batch(&b?, &family))
+            .collect();
+    }
+    let mut per_family = Vec::new();
+    for s in scans {
+        let family = s.family().to_string();
+        let mut cells = Vec::new();
+        for b in s {
+            cells.extend(store_file::cells_of(&b?, &family));
+        }
+        per_family.push(cells);
+    }
+    to_batches(&merge(per_family), batch_size.max(1))
 }
 
 /// A store-file-schema batch of one family in the cell schema.
@@ -1080,14 +1076,30 @@ impl Inner {
     /// Without a background thread, the writer does the maintenance.
     fn after_write_maintenance(&self, table: &Arc<Table>, r: &Arc<Region>) -> Result<()> {
         self.flush_region(table, r)?;
-        if r.stores
-            .values()
-            .any(|s| s.state.read().files.len() >= self.options.compaction_min_files)
-        {
-            self.compact_region(table, r, false)?;
-        }
-        self.maybe_split(table, r.id)?;
+        self.after_new_files(table, r)?;
         self.purge_wal()
+    }
+
+    /// After a region's stores gained files (a flush, a bulk load): a minor
+    /// compaction when a store has `compaction_min_files`, then a split
+    /// check; queued for the background thread, or done now without one.
+    fn after_new_files(&self, table: &Arc<Table>, r: &Arc<Region>) -> Result<()> {
+        let crowded = r
+            .stores
+            .values()
+            .any(|s| s.state.read().files.len() >= self.options.compaction_min_files);
+        if self.options.background {
+            if crowded {
+                self.enqueue(Task::Compact(table.id, r.id, false));
+            }
+            self.enqueue(Task::MaybeSplit(table.id, r.id));
+        } else {
+            if crowded {
+                self.compact_region(table, r, false)?;
+            }
+            self.maybe_split(table, r.id)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn bulk_memory(&self) -> usize {
@@ -1278,21 +1290,7 @@ impl Inner {
             "bulk load published"
         );
         for r in touched {
-            let crowded = r
-                .stores
-                .values()
-                .any(|s| s.state.read().files.len() >= self.options.compaction_min_files);
-            if self.options.background {
-                if crowded {
-                    self.enqueue(Task::Compact(table.id, r.id, false));
-                }
-                self.enqueue(Task::MaybeSplit(table.id, r.id));
-            } else {
-                if crowded {
-                    self.compact_region(table, &r, false)?;
-                }
-                self.maybe_split(table, r.id)?;
-            }
+            self.after_new_files(table, &r)?;
         }
         Ok(())
     }
@@ -1686,14 +1684,7 @@ impl Inner {
             Task::Flush(..) => {
                 self.flush_region(&table, &region)?;
                 self.purge_wal()?;
-                if region
-                    .stores
-                    .values()
-                    .any(|s| s.state.read().files.len() >= self.options.compaction_min_files)
-                {
-                    self.enqueue(Task::Compact(table_id, region_id, false));
-                }
-                self.enqueue(Task::MaybeSplit(table_id, region_id));
+                self.after_new_files(&table, &region)?;
             }
             Task::Compact(_, _, major) => self.compact_region(&table, &region, major)?,
             Task::MaybeSplit(..) => {
