@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
@@ -39,21 +40,16 @@ pub fn per_partition(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionP
         return None;
     }
     // The groups: plain columns of the scan (a filter keeps its schema).
-    let columns = first
-        .group_expr()
-        .expr()
-        .iter()
-        .map(|(e, _)| e.downcast_ref::<Column>().map(Column::index))
-        .collect::<Option<Vec<usize>>>()?;
+    let by: Vec<&Arc<dyn PhysicalExpr>> =
+        first.group_expr().expr().iter().map(|(e, _)| e).collect();
     let input = first.input();
-    let grouped: Arc<dyn ExecutionPlan> = if let Some(scan) = input.downcast_ref::<RegionScanExec>()
-    {
-        Arc::new(scan.grouped_by(&columns)?)
-    } else {
-        let filter = input.downcast_ref::<FilterExec>()?;
-        let scan = filter.input().downcast_ref::<RegionScanExec>()?;
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.grouped_by(&columns)?);
-        replace_children_if_necessary(Arc::clone(input), vec![scan]).ok()?
+    let grouped = match regrouped(input, by.iter().copied()) {
+        Some(scan) => scan,
+        None => {
+            let filter = input.downcast_ref::<FilterExec>()?;
+            let scan = regrouped(filter.input(), by.iter().copied())?;
+            replace_children_if_necessary(Arc::clone(input), vec![scan]).ok()?
+        }
     };
     let whole = AggregateExec::try_new(
         AggregateMode::SinglePartitioned,
@@ -66,4 +62,19 @@ pub fn per_partition(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionP
     .ok()?;
     // The same columns out as the final phase had.
     (whole.schema() == last.schema()).then(|| Arc::new(whole) as Arc<dyn ExecutionPlan>)
+}
+
+/// `plan`, when it is a region scan and `by` are plain columns of it that
+/// are its leading row-key columns, cut into partitions only between
+/// groups of those columns ([`RegionScanExec::grouped_by`]).
+pub(crate) fn regrouped<'a>(
+    plan: &Arc<dyn ExecutionPlan>,
+    by: impl IntoIterator<Item = &'a Arc<dyn PhysicalExpr>>,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let scan = plan.downcast_ref::<RegionScanExec>()?;
+    let columns = by
+        .into_iter()
+        .map(|e| e.downcast_ref::<Column>().map(Column::index))
+        .collect::<Option<Vec<usize>>>()?;
+    Some(Arc::new(scan.grouped_by(&columns)?))
 }

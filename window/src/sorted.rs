@@ -52,7 +52,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{WindowFrame, WindowFrameBound, WindowFrameUnits};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::window::{
     PlainAggregateWindowExpr, SlidingAggregateWindowExpr, StandardWindowExpr, WindowExpr,
 };
@@ -73,7 +73,6 @@ use datafusion::physical_plan::{
 };
 use futures::{Stream, StreamExt};
 use tidebase_catalog::numeric::{self, NumericKind, NUMERIC_DISPLAY};
-use tidebase_catalog::table::provider::RegionScanExec;
 
 /// The widest frame (in rows) folded row by row when its start moves.
 pub const MAX_DIRECT_WIDTH: u64 = 64;
@@ -755,12 +754,7 @@ fn grouped_scan(
     if hashed.len() != partition_by.len() || !hashed.iter().all(|h| partition_by.contains(h)) {
         return None;
     }
-    let scan = repartition.input().downcast_ref::<RegionScanExec>()?;
-    let columns = partition_by
-        .iter()
-        .map(|e| e.downcast_ref::<Column>().map(Column::index))
-        .collect::<Option<Vec<usize>>>()?;
-    Some(Arc::new(scan.grouped_by(&columns)?))
+    crate::grouped::regrouped(repartition.input(), partition_by)
 }
 
 /// Each row's peer group, as `[start, end)`.
