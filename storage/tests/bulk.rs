@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tidebase_storage::{
-    CellKind, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions,
+    BulkLoad, CellKind, Engine, EngineOptions, FamilyOptions, Mutation, ReadOptions, ScanOptions,
     StorageError, SyncPolicy,
 };
 
@@ -16,6 +16,14 @@ fn options() -> EngineOptions {
         sync: SyncPolicy::None,
         background: false,
         ..Default::default()
+    }
+}
+
+/// The test options with a bulk-load memory budget of `bytes`.
+fn with_memory(bytes: usize) -> EngineOptions {
+    EngineOptions {
+        bulk_load_memory: bytes,
+        ..options()
     }
 }
 
@@ -30,6 +38,16 @@ fn open(dir: &Path, options: EngineOptions) -> Engine {
 
 fn key(i: u32) -> Vec<u8> {
     format!("k{i:06}").into_bytes()
+}
+
+/// A load of keys `0..n` (one cell each), not committed.
+fn load_keys(e: &Engine, n: u32) -> BulkLoad {
+    let mut load = e.bulk_load("t").unwrap();
+    for i in 0..n {
+        load.add(&key(i), "f", b"q", 1, CellKind::Put, b"v")
+            .unwrap();
+    }
+    load
 }
 
 fn count(e: &Engine) -> usize {
@@ -47,28 +65,14 @@ fn store_files_on_disk(dir: &Path) -> usize {
 #[test]
 fn a_load_is_invisible_until_committed_and_an_abandoned_one_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open(
-        dir.path(),
-        EngineOptions {
-            bulk_load_memory: 4096,
-            ..options()
-        },
-    );
-    let mut load = e.bulk_load("t").unwrap();
-    for i in 0..1000 {
-        load.add(&key(i), "f", b"q", 1, CellKind::Put, b"v")
-            .unwrap();
-    }
+    let e = open(dir.path(), with_memory(4096));
+    let load = load_keys(&e, 1000);
     assert!(store_files_on_disk(dir.path()) > 0, "runs were spilled");
     assert_eq!(count(&e), 0);
     drop(load);
     assert_eq!(store_files_on_disk(dir.path()), 0);
 
-    let mut load = e.bulk_load("t").unwrap();
-    for i in 0..1000 {
-        load.add(&key(i), "f", b"q", 1, CellKind::Put, b"v")
-            .unwrap();
-    }
+    let load = load_keys(&e, 1000);
     assert_eq!(load.commit().unwrap(), 1000);
     assert_eq!(count(&e), 1000);
     let err = e
@@ -83,13 +87,7 @@ fn a_load_is_invisible_until_committed_and_an_abandoned_one_leaves_no_file() {
 fn the_last_of_equal_cells_wins_within_a_run_and_across_runs() {
     for memory in [1 << 20, 200] {
         let dir = tempfile::tempdir().unwrap();
-        let e = open(
-            dir.path(),
-            EngineOptions {
-                bulk_load_memory: memory,
-                ..options()
-            },
-        );
+        let e = open(dir.path(), with_memory(memory));
         e.write("t", vec![Mutation::put(b"a", "f", b"q", 1, b"old")])
             .unwrap();
         let mut load = e.bulk_load("t").unwrap();
@@ -190,18 +188,8 @@ fn a_large_load_splits_its_region_first_and_rewrites_nothing() {
 #[test]
 fn a_load_into_a_table_truncated_meanwhile_fails_and_loads_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let e = open(
-        dir.path(),
-        EngineOptions {
-            bulk_load_memory: 2048,
-            ..options()
-        },
-    );
-    let mut load = e.bulk_load("t").unwrap();
-    for i in 0..500 {
-        load.add(&key(i), "f", b"q", 1, CellKind::Put, b"v")
-            .unwrap();
-    }
+    let e = open(dir.path(), with_memory(2048));
+    let load = load_keys(&e, 500);
     e.truncate_table("t").unwrap();
     let err = load.commit().unwrap_err();
     assert!(matches!(err, StorageError::TableChanged(_)), "{err}");
@@ -212,13 +200,7 @@ fn a_load_into_a_table_truncated_meanwhile_fails_and_loads_nothing() {
 #[test]
 fn concurrent_scans_see_all_of_a_load_or_none_of_it() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Arc::new(open(
-        dir.path(),
-        EngineOptions {
-            bulk_load_memory: 8192,
-            ..options()
-        },
-    ));
+    let e = Arc::new(open(dir.path(), with_memory(8192)));
     for i in [2000, 4000, 6000, 8000] {
         e.split_at("t", &key(i)).unwrap();
     }
