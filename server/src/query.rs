@@ -30,6 +30,7 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use tidebase_catalog::canonical_name;
+use tidebase_catalog::table::PointLookup;
 
 use crate::coalesce::Coalesce;
 use crate::copy::{CopyCommand, CopyIn};
@@ -420,23 +421,8 @@ impl QueryHandler {
             });
         }
         // A read of one row by its whole key skips planning: one get.
-        if let Some(lookup) = tidebase_catalog::table::PointLookup::of(&plan) {
-            let schema = lookup.schema();
-            let renamed = names.apply(&schema);
-            // One get reads at most one page per column of each file whose
-            // bloom filter lets the row through: run it here, as handing it
-            // to a blocking thread costs more than the read.
-            let batches = lookup.run()?;
-            let stream = futures::stream::iter(batches.into_iter().map(Ok));
-            let stream = Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    schema.clone(),
-                    stream,
-                ),
-            );
-            return Ok(Response::Query(
-                stream_response(&renamed, stream, format, options).await?,
-            ));
+        if let Some(lookup) = PointLookup::of(&plan) {
+            return Self::run_lookup(lookup, names, format, options).await;
         }
         let tag = command_tag(&plan);
         let df = self.session.ctx.execute_logical_plan(plan.clone()).await?;
@@ -461,6 +447,28 @@ impl QueryHandler {
         let stream = df.execute_stream().await?;
         Ok(Response::Query(
             stream_response(&schema, stream, format, options).await?,
+        ))
+    }
+
+    /// Runs a point lookup: one get, no plan.
+    async fn run_lookup(
+        lookup: PointLookup,
+        names: &crate::rewrite::ColumnNames,
+        format: &Format,
+        options: Arc<FormatOptions>,
+    ) -> Result<Response, QueryError> {
+        let schema = lookup.schema();
+        let renamed = names.apply(&schema);
+        // One get reads a few pages of each file whose bloom filter lets
+        // the row through: run it here, as handing it to a blocking thread
+        // costs more than the read.
+        let batches = lookup.run()?;
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        let stream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
+        );
+        Ok(Response::Query(
+            stream_response(&renamed, stream, format, options).await?,
         ))
     }
 
@@ -806,12 +814,15 @@ impl ExtendedQueryHandler for QueryHandler {
             Prepared::Plan(p) if !p.params.is_empty() || portal.parameter_len() > 0 => {
                 let types: Vec<Option<&DataType>> = p.params.iter().map(Some).collect();
                 let values = coerce_parameters(deserialize_parameters(portal, &types)?, &p.params)?;
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                if let Some(lookup) = PointLookup::of_prepared(&p.plan, &values) {
+                    return Ok(Self::run_lookup(lookup, &p.names, format, options).await?);
+                }
                 let plan = p
                     .plan
                     .clone()
                     .replace_params_with_values(&values)
                     .map_err(QueryError::from)?;
-                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 self.run_plan(plan, &p.names, format, options).await
             }
             other => self.execute(client, other, format).await,

@@ -32,6 +32,7 @@ mod metrics;
 mod options;
 mod read;
 mod region;
+mod row_read;
 mod scan;
 mod store_file;
 pub mod views;

@@ -76,7 +76,11 @@ impl Store {
             (sources, files)
         };
         for f in files {
-            sources.push(f.read_range(start, end)?);
+            sources.push(if single_row {
+                f.read_row(start)?
+            } else {
+                f.read_range(start, end)?
+            });
         }
         Ok(merge(sources))
     }

@@ -66,15 +66,15 @@ pub struct StoreFile {
     pub size: u64,
     bloom: Option<Bloom>,
     bloom_kind: BloomKind,
-    file: PositionalFile,
-    metadata: ArrowReaderMetadata,
-    metrics: Arc<Metrics>,
+    pub(crate) file: PositionalFile,
+    pub(crate) metadata: ArrowReaderMetadata,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A store file read with positional reads (`pread`), so concurrent scans
 /// of one file do not share a file offset (a `File::try_clone` does).
 #[derive(Clone)]
-struct PositionalFile {
+pub(crate) struct PositionalFile {
     file: Arc<File>,
     len: u64,
     /// Counts the reads (`file_reads`).
@@ -122,7 +122,7 @@ impl ChunkReader for PositionalFile {
 }
 
 /// A reader at its own position in a [`PositionalFile`].
-struct PositionalRead {
+pub(crate) struct PositionalRead {
     file: Arc<File>,
     pos: u64,
     metrics: Arc<Metrics>,
@@ -216,7 +216,7 @@ impl parquet::file::reader::Length for ChunkedFile {
 
 /// A reader of a [`ChunkedFile`]: from memory inside a column chunk, from
 /// the file outside.
-enum ChunkedRead {
+pub(crate) enum ChunkedRead {
     Memory(bytes::buf::Reader<bytes::Bytes>),
     File(PositionalRead),
 }
@@ -311,6 +311,9 @@ const PAGE_BYTES: usize = 8 * 1024;
 /// Most rows in a data page (dictionary-encoded columns stay small in bytes).
 const PAGE_ROWS: usize = 256;
 
+/// Largest dictionary page of a column chunk.
+const DICTIONARY_BYTES: usize = 4 * 1024;
+
 /// Cells between two samples kept for the file's middle row.
 const MID_SAMPLE: u64 = 1024;
 
@@ -393,10 +396,13 @@ fn write_tmp(
         .set_statistics_enabled(EnabledStatistics::Page)
         // Row keys and values are mostly distinct: a dictionary would have
         // to be decoded whole (up to a MiB per row group) before a get could
-        // read its one page. Qualifiers, timestamps and kinds repeat and keep
-        // theirs.
+        // read its one page. Qualifiers, timestamps, sequence numbers and
+        // kinds repeat and keep theirs, as long as it stays small: past
+        // DICTIONARY_BYTES (distinct timestamps of single puts) the column
+        // falls back to plain pages, as a get decodes the dictionary whole.
         .set_column_dictionary_enabled(ColumnPath::from("row"), false)
         .set_column_dictionary_enabled(ColumnPath::from("value"), false)
+        .set_dictionary_page_size_limit(DICTIONARY_BYTES)
         .build();
     let file = File::create(tmp).map_err(io(tmp))?;
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
@@ -790,6 +796,18 @@ impl StoreFile {
         })
     }
 
+    /// The cells of one row, in order: decoded column by column (see
+    /// [`crate::row_read`]), or, in a file without a page index, read as
+    /// the row's range.
+    pub fn read_row(&self, row: &[u8]) -> Result<Vec<Cell>> {
+        if let Some(cells) = guarded(&self.path, || self.cells_of_row(row))? {
+            return Ok(cells);
+        }
+        let mut end = row.to_vec();
+        end.push(0);
+        self.read_range(row, &end)
+    }
+
     /// The cells whose rows are in `[start, end)`, in order. Row groups
     /// outside the range are skipped by their statistics.
     pub fn read_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Cell>> {
@@ -954,6 +972,10 @@ mod tests {
     fn open_and_read(path: &Path, bytes: &[u8]) -> Result<usize> {
         std::fs::write(path, bytes).unwrap();
         let f = StoreFile::open(path, 1, &Arc::new(Metrics::default()))?;
+        // Row reads decode column by column: they must not panic either.
+        for row in [&b"row0001"[..], b"row0150", b"row0299"] {
+            let _ = f.read_row(row);
+        }
         let n = f.read_range(b"", b"")?.len();
         let _ = f.may_contain_row(b"row0001", None);
         Ok(n)
@@ -1067,6 +1089,65 @@ mod tests {
         }
         assert_eq!(f.read_range(&row(1000), &row(2000)).unwrap().len(), 2000);
         assert!(f.page_selection(&[0], b"", b"").is_none());
+    }
+
+    #[test]
+    fn a_row_read_column_by_column_finds_what_a_range_read_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |i: u32| format!("row{:06}", i * 2).into_bytes();
+        // Rows of one to three cells, puts and both kinds of delete, and
+        // row 500 with 1,500 versions: it spans pages and row groups.
+        let mut cells = Vec::new();
+        for i in 0..3000u32 {
+            let versions = if i == 500 { 1500 } else { 1 + i % 3 };
+            for v in 0..versions {
+                let ts = i64::from(versions - v);
+                let m = match (i + v) % 7 {
+                    0 => Mutation::delete(&row(i), "f", b"a", ts),
+                    1 if v == 0 => Mutation::delete_family(&row(i), "f", ts),
+                    _ => Mutation::put(&row(i), "f", b"a", ts, format!("{i}/{v}").as_bytes()),
+                };
+                cells.push(m.into_cell(u64::from(i * 7 + v)));
+            }
+        }
+        cells.sort_by(|a, b| a.key.cmp(&b.key));
+        for compression in [Compression::None, Compression::Zstd] {
+            let path = dir.path().join(format!("{}.parquet", compression.name()));
+            let metrics = Arc::new(Metrics::default());
+            let options = FamilyOptions {
+                block_size: 16 << 10,
+                compression,
+                ..FamilyOptions::default()
+            };
+            write_cells(&path, &cells, &options, &metrics);
+            let f = StoreFile::open(&path, 1, &metrics).unwrap();
+            assert!(f.metadata.metadata().num_row_groups() > 3);
+            for i in 0..3000u32 {
+                let mut end = row(i);
+                end.push(0);
+                let expected = f.read_range(&row(i), &end).unwrap();
+                assert!(!expected.is_empty());
+                assert_eq!(f.read_row(&row(i)).unwrap(), expected, "row {i}");
+                // Between rows, before the first and after the last.
+                let mut missing = row(i);
+                missing.push(b'x');
+                assert_eq!(f.read_row(&missing).unwrap(), vec![], "after row {i}");
+            }
+            assert_eq!(f.read_row(b"a").unwrap(), vec![]);
+            assert_eq!(f.read_row(b"z").unwrap(), vec![]);
+            assert_eq!(f.read_row(&row(500)).unwrap().len(), 1500);
+            // One row of one cell: the row column's page, then the other
+            // columns' pages (the small ones lie together).
+            let before = metrics
+                .file_reads
+                .load(std::sync::atomic::Ordering::Relaxed);
+            f.read_row(&row(1234)).unwrap();
+            let reads = metrics
+                .file_reads
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - before;
+            assert!(reads <= 3, "{reads} reads for one row");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, Constraint, Constraints, DFSchema, ScalarValue};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, Constraint, Constraints, DFSchema, ParamValues, ScalarValue};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
@@ -1248,6 +1248,17 @@ pub struct PointLookup {
 impl PointLookup {
     /// Recognises the plan (before optimisation, parameters bound).
     pub fn of(plan: &LogicalPlan) -> Option<PointLookup> {
+        Self::with_params(plan, None)
+    }
+
+    /// Recognises a prepared plan (before optimisation) with its parameter
+    /// values. Only the filter's placeholders are bound: binding the whole
+    /// plan costs more than the get.
+    pub fn of_prepared(plan: &LogicalPlan, params: &ParamValues) -> Option<PointLookup> {
+        Self::with_params(plan, Some(params))
+    }
+
+    fn with_params(plan: &LogicalPlan, params: Option<&ParamValues>) -> Option<PointLookup> {
         let LogicalPlan::Projection(p) = plan else {
             return None;
         };
@@ -1257,13 +1268,33 @@ impl PointLookup {
         let LogicalPlan::TableScan(scan) = f.input.as_ref() else {
             return None;
         };
+        let bound;
+        let predicate = match params {
+            None => &f.predicate,
+            Some(params) => {
+                bound = f
+                    .predicate
+                    .clone()
+                    .transform_up(|e| match e {
+                        Expr::Placeholder(p) => {
+                            let (value, metadata) =
+                                params.get_placeholders_with_values(&p.id)?.into_inner();
+                            Ok(Transformed::yes(Expr::Literal(value, metadata)))
+                        }
+                        e => Ok(Transformed::no(e)),
+                    })
+                    .ok()?
+                    .data;
+                &bound
+            }
+        };
         if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
             return None;
         }
         let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
         let table = provider.downcast_ref::<RegionTable>()?;
         // Every conjunct is an equality on a key column, each column once.
-        let conjuncts = datafusion::logical_expr::utils::split_conjunction(&f.predicate);
+        let conjuncts = datafusion::logical_expr::utils::split_conjunction(predicate);
         let mut seen = vec![false; table.def.key.len()];
         for c in &conjuncts {
             let (j, v) = table.key_column_equal(c)?;
@@ -1281,10 +1312,7 @@ impl PointLookup {
         if seen.iter().any(|s| !s) {
             return None;
         }
-        let key = match table
-            .key_scans(std::slice::from_ref(&f.predicate))?
-            .as_slice()
-        {
+        let key = match table.key_scans(std::slice::from_ref(predicate))?.as_slice() {
             [KeyScan::Point(k)] => k.clone(),
             _ => return None,
         };

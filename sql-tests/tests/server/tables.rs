@@ -200,6 +200,14 @@ async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<
         .query("SELECT amount FROM tx WHERE user_id = 1.5 AND ts = 2", &[])
         .await?
         .is_empty());
+    // Prepared: parameters and literals mixed, in any order.
+    let row = client
+        .query_one(
+            "SELECT user_id, amount FROM tx WHERE ts = 2 AND user_id = $1",
+            &[&1i32],
+        )
+        .await?;
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, f64>(1)), (1, 2.0));
     let name: String = client
         .query_one("SELECT name FROM emp WHERE id = $1", &[&2i32])
         .await?
