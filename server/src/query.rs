@@ -30,7 +30,7 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use tidebase_catalog::canonical_name;
-use tidebase_catalog::table::PointLookup;
+use tidebase_catalog::table::{LookupTemplate, PointLookup};
 
 use crate::coalesce::Coalesce;
 use crate::copy::{CopyCommand, CopyIn};
@@ -53,6 +53,9 @@ pub enum Prepared {
 pub struct PlannedStatement {
     plan: LogicalPlan,
     params: Vec<DataType>,
+    /// The plan as a point lookup, when it is one: bound to each
+    /// execution's parameters, it runs without planning.
+    lookup: Option<LookupTemplate>,
     /// PostgreSQL's names for the result columns, sent in RowDescription.
     names: crate::rewrite::ColumnNames,
 }
@@ -110,6 +113,7 @@ impl Planner {
         let (plan, names) = plan_statement(&self.session, stmt).await?;
         let params = parameter_types(&plan)?;
         Ok(Some(Prepared::Plan(Box::new(PlannedStatement {
+            lookup: LookupTemplate::of(&plan),
             plan,
             params,
             names,
@@ -815,7 +819,7 @@ impl ExtendedQueryHandler for QueryHandler {
                 let types: Vec<Option<&DataType>> = p.params.iter().map(Some).collect();
                 let values = coerce_parameters(deserialize_parameters(portal, &types)?, &p.params)?;
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                if let Some(lookup) = PointLookup::of_prepared(&p.plan, &values) {
+                if let Some(lookup) = p.lookup.as_ref().and_then(|t| t.bind(Some(&values))) {
                     return Ok(Self::run_lookup(lookup, &p.names, format, options).await?);
                 }
                 let plan = p

@@ -19,7 +19,6 @@ use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
-use parquet::file::statistics::Statistics;
 use std::sync::Arc;
 
 use crate::cell::{Cell, CellKey, CellKind};
@@ -52,16 +51,8 @@ impl StoreFile {
             source,
         };
         let mut out = Vec::new();
-        for (g, group) in md.row_groups().iter().enumerate() {
-            // Row groups are in row order.
-            if let Some(Statistics::ByteArray(s)) = group.column(ROW).statistics() {
-                if s.min_bytes_opt().is_some_and(|min| min > row) {
-                    break;
-                }
-                if s.max_bytes_opt().is_some_and(|max| max < row) {
-                    continue;
-                }
-            }
+        for g in self.groups_of(row) {
+            let group = md.row_group(g);
             let (Some(index), Some(offsets)) = (columns.get(g), offsets.get(g)) else {
                 return Ok(None);
             };
@@ -118,6 +109,21 @@ impl StoreFile {
             }
         }
         Ok(Some(out))
+    }
+
+    /// The row groups that may hold `row`, in order: found by binary search
+    /// over their rows (groups are in row order, each group's range ends at
+    /// or before the next one's starts), or all of them in a file without
+    /// row statistics.
+    fn groups_of(&self, row: &[u8]) -> std::ops::Range<usize> {
+        match &self.group_rows {
+            Some(groups) => {
+                let first = groups.partition_point(|(_, max)| max.as_slice() < row);
+                let end = first + groups[first..].partition_point(|(min, _)| min.as_slice() <= row);
+                first..end
+            }
+            None => 0..self.metadata.metadata().num_row_groups(),
+        }
     }
 
     fn corrupted(&self, reason: &str) -> StorageError {

@@ -68,6 +68,10 @@ pub struct StoreFile {
     bloom_kind: BloomKind,
     pub(crate) file: PositionalFile,
     pub(crate) metadata: ArrowReaderMetadata,
+    /// Each row group's first and last row (by its statistics, in group
+    /// order), so a get finds its group by binary search; `None` when a
+    /// group has no row statistics.
+    pub(crate) group_rows: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -626,6 +630,17 @@ impl StoreFile {
             ),
             None => None,
         };
+        let group_rows = metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| match g.column(0).statistics() {
+                Some(Statistics::ByteArray(s)) => {
+                    Some((s.min_bytes_opt()?.to_vec(), s.max_bytes_opt()?.to_vec()))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(StoreFile {
             id,
             path: path.to_path_buf(),
@@ -651,6 +666,7 @@ impl StoreFile {
             bloom_kind,
             file,
             metadata,
+            group_rows,
             metrics: metrics.clone(),
         })
     }

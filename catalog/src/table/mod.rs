@@ -9,5 +9,5 @@ pub mod schema;
 pub mod system;
 
 pub use def::{ColumnDef, SqlType, TableDef, DEFAULT_FAMILY};
-pub use provider::{PointLookup, RegionTable};
+pub use provider::{LookupTemplate, PointLookup, RegionTable};
 pub use schema::RegionSchema;

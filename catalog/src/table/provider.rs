@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, Constraint, Constraints, DFSchema, ParamValues, ScalarValue};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::{TableProvider, TableType};
@@ -288,6 +288,34 @@ impl RegionTable {
             .iter()
             .position(|&k| self.def.columns[k].name == col.name)?;
         Some((j, v))
+    }
+
+    /// `key column = literal` or `key column = $n` (either way round): the
+    /// key position and the value.
+    fn key_column_is(&self, e: &Expr) -> Option<(usize, KeyValue)> {
+        let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = e
+        else {
+            return None;
+        };
+        let (col, value) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), v) | (v, Expr::Column(c)) => (c, v),
+            _ => return None,
+        };
+        let value = match value {
+            Expr::Literal(v, _) => KeyValue::Literal(v.clone()),
+            Expr::Placeholder(p) => KeyValue::Param(p.id.clone()),
+            _ => return None,
+        };
+        let j = self
+            .def
+            .key
+            .iter()
+            .position(|&k| self.def.columns[k].name == col.name)?;
+        Some((j, value))
     }
 
     /// Whether the filter holds an equality on a key column that
@@ -1241,24 +1269,38 @@ impl ExecutionPlan for RegionScanExec {
 /// WHERE k1 = lit AND k2 = lit ...` over one region table, with nothing
 /// else in the plan. It runs as one get, without planning.
 pub struct PointLookup {
-    reader: PartitionReader,
+    reader: Arc<PartitionReader>,
     key: Vec<u8>,
 }
 
-impl PointLookup {
-    /// Recognises the plan (before optimisation, parameters bound).
-    pub fn of(plan: &LogicalPlan) -> Option<PointLookup> {
-        Self::with_params(plan, None)
-    }
+/// A point lookup whose key values may be parameters (`k1 = $1`): what the
+/// plan says, recognised once when a statement is prepared, and bound to
+/// each execution's values without binding or looking at the plan again.
+#[derive(Clone)]
+pub struct LookupTemplate {
+    reader: Arc<PartitionReader>,
+    /// Each key column's value, in key order.
+    values: Vec<KeyValue>,
+}
 
-    /// Recognises a prepared plan (before optimisation) with its parameter
-    /// values. Only the filter's placeholders are bound: binding the whole
-    /// plan costs more than the get.
-    pub fn of_prepared(plan: &LogicalPlan, params: &ParamValues) -> Option<PointLookup> {
-        Self::with_params(plan, Some(params))
-    }
+#[derive(Clone, Debug)]
+enum KeyValue {
+    Literal(ScalarValue),
+    Param(String),
+}
 
-    fn with_params(plan: &LogicalPlan, params: Option<&ParamValues>) -> Option<PointLookup> {
+impl fmt::Debug for LookupTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LookupTemplate")
+            .field("table", &self.reader.table.def.name)
+            .field("values", &self.values)
+            .finish()
+    }
+}
+
+impl LookupTemplate {
+    /// Recognises the plan (before optimisation; placeholders allowed).
+    pub fn of(plan: &LogicalPlan) -> Option<LookupTemplate> {
         let LogicalPlan::Projection(p) = plan else {
             return None;
         };
@@ -1268,54 +1310,20 @@ impl PointLookup {
         let LogicalPlan::TableScan(scan) = f.input.as_ref() else {
             return None;
         };
-        let bound;
-        let predicate = match params {
-            None => &f.predicate,
-            Some(params) => {
-                bound = f
-                    .predicate
-                    .clone()
-                    .transform_up(|e| match e {
-                        Expr::Placeholder(p) => {
-                            let (value, metadata) =
-                                params.get_placeholders_with_values(&p.id)?.into_inner();
-                            Ok(Transformed::yes(Expr::Literal(value, metadata)))
-                        }
-                        e => Ok(Transformed::no(e)),
-                    })
-                    .ok()?
-                    .data;
-                &bound
-            }
-        };
         if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
             return None;
         }
         let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
         let table = provider.downcast_ref::<RegionTable>()?;
         // Every conjunct is an equality on a key column, each column once.
-        let conjuncts = datafusion::logical_expr::utils::split_conjunction(predicate);
-        let mut seen = vec![false; table.def.key.len()];
-        for c in &conjuncts {
-            let (j, v) = table.key_column_equal(c)?;
-            // The literal must be exactly a value of the column's type
-            // (`int_key = 5.5` matches nothing; a cast would round it).
-            let ty = codec::arrow_type(table.def.columns[table.def.key[j]].ty);
-            let back = v
-                .cast_to(&ty)
-                .and_then(|x| x.cast_to(&v.data_type()))
-                .ok()?;
-            if &back != v || std::mem::replace(&mut seen[j], true) {
+        let mut values: Vec<Option<KeyValue>> = vec![None; table.def.key.len()];
+        for c in datafusion::logical_expr::utils::split_conjunction(&f.predicate) {
+            let (j, v) = table.key_column_is(c)?;
+            if values[j].replace(v).is_some() {
                 return None;
             }
         }
-        if seen.iter().any(|s| !s) {
-            return None;
-        }
-        let key = match table.key_scans(std::slice::from_ref(predicate))?.as_slice() {
-            [KeyScan::Point(k)] => k.clone(),
-            _ => return None,
-        };
+        let values = values.into_iter().collect::<Option<Vec<_>>>()?;
         let projection = p
             .expr
             .iter()
@@ -1324,8 +1332,8 @@ impl PointLookup {
                 _ => None,
             })
             .collect::<Option<Vec<usize>>>()?;
-        Some(PointLookup {
-            reader: PartitionReader {
+        Some(LookupTemplate {
+            reader: Arc::new(PartitionReader {
                 table: table.clone_with_as_of(),
                 families: table.families_for(&projection),
                 projection,
@@ -1333,9 +1341,47 @@ impl PointLookup {
                 with_row_key: false,
                 schema: Arc::new(plan.schema().as_arrow().clone()),
                 batch_size: 1,
-            },
+            }),
+            values,
+        })
+    }
+
+    /// The lookup with these parameter values; `None` when a value is
+    /// missing or is not exactly a value of its key column's type
+    /// (`int_key = 5.5` matches nothing; a cast would round it), which the
+    /// planner then answers.
+    pub fn bind(&self, params: Option<&ParamValues>) -> Option<PointLookup> {
+        let def = &self.reader.table.def;
+        let mut key = Vec::new();
+        for (j, v) in self.values.iter().enumerate() {
+            let value = match v {
+                KeyValue::Literal(v) => v.clone(),
+                KeyValue::Param(id) => params?
+                    .get_placeholders_with_values(id)
+                    .ok()?
+                    .value()
+                    .clone(),
+            };
+            let ty = def.columns[def.key[j]].ty;
+            let cast = value.cast_to(&codec::arrow_type(ty)).ok()?;
+            if cast.is_null() || cast.cast_to(&value.data_type()).ok()? != value {
+                return None;
+            }
+            if !encode_key_value(&mut key, ty, &cast.to_array().ok()?, 0) {
+                return None;
+            }
+        }
+        Some(PointLookup {
+            reader: self.reader.clone(),
             key,
         })
+    }
+}
+
+impl PointLookup {
+    /// Recognises the plan (before optimisation, parameters bound).
+    pub fn of(plan: &LogicalPlan) -> Option<PointLookup> {
+        LookupTemplate::of(plan)?.bind(None)
     }
 
     pub fn schema(&self) -> SchemaRef {

@@ -208,6 +208,14 @@ async fn plans_use_the_row_key_and_only_the_needed_families() -> anyhow::Result<
         )
         .await?;
     assert_eq!((row.get::<_, i32>(0), row.get::<_, f64>(1)), (1, 2.0));
+    // A NULL key parameter matches no row (the planner answers it).
+    assert!(client
+        .query(
+            "SELECT amount FROM tx WHERE user_id = $1 AND ts = $2",
+            &[&None::<i32>, &2i64]
+        )
+        .await?
+        .is_empty());
     let name: String = client
         .query_one("SELECT name FROM emp WHERE id = $1", &[&2i32])
         .await?
