@@ -406,6 +406,9 @@ impl QueryHandler {
             }
             Prepared::Plan(p) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                if let Some(lookup) = p.lookup.as_ref().and_then(|t| t.bind(None)) {
+                    return Self::run_lookup(lookup, &p.names, format, options).await;
+                }
                 self.run_plan(p.plan.clone(), &p.names, format, options)
                     .await
             }
@@ -423,10 +426,6 @@ impl QueryHandler {
             return Err(QueryError::NotSupported {
                 what: "COPY to a server-side file".into(),
             });
-        }
-        // A read of one row by its whole key skips planning: one get.
-        if let Some(lookup) = PointLookup::of(&plan) {
-            return Self::run_lookup(lookup, names, format, options).await;
         }
         let tag = command_tag(&plan);
         let df = self.session.ctx.execute_logical_plan(plan.clone()).await?;

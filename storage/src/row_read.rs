@@ -326,10 +326,16 @@ pub(crate) struct Fetched {
 }
 
 impl Fetched {
+    /// The fetched range that holds the byte at `at`: its start and bytes.
+    fn range_at(&self, at: u64) -> Option<(u64, &Bytes)> {
+        let i = self.ranges.partition_point(|(s, _)| *s <= at);
+        let (s, bytes) = self.ranges.get(i.checked_sub(1)?)?;
+        (at - s < bytes.len() as u64).then_some((*s, bytes))
+    }
+
     /// The fetched bytes `[start, end)`, if one range holds them all.
     fn slice(&self, start: u64, end: u64) -> Option<Bytes> {
-        let i = self.ranges.partition_point(|(s, _)| *s <= start);
-        let (s, bytes) = self.ranges.get(i.checked_sub(1)?)?;
+        let (s, bytes) = self.range_at(start)?;
         let (from, to) = (
             usize::try_from(start - s).ok()?,
             usize::try_from(end - s).ok()?,
@@ -349,12 +355,11 @@ impl ChunkReader for Fetched {
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<ChunkedRead> {
         use bytes::Buf;
-        let i = self.ranges.partition_point(|(s, _)| *s <= start);
-        match i.checked_sub(1).and_then(|i| self.ranges.get(i)) {
-            Some((s, bytes)) if start < s + bytes.len() as u64 => Ok(ChunkedRead::Memory(
+        match self.range_at(start) {
+            Some((s, bytes)) => Ok(ChunkedRead::Memory(
                 bytes.slice((start - s) as usize..).reader(),
             )),
-            _ => Ok(ChunkedRead::File(self.file.get_read(start)?)),
+            None => Ok(ChunkedRead::File(self.file.get_read(start)?)),
         }
     }
 

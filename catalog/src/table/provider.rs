@@ -169,11 +169,21 @@ impl RegionTable {
     /// The encoded key prefix for a literal compared with the first key
     /// column, or `None` when the literal does not convert.
     fn key_literal(&self, value: &ScalarValue) -> Option<Vec<u8>> {
-        let col = &self.def.columns[*self.def.key.first()?];
-        let v = value.cast_to(&codec::arrow_type(col.ty)).ok()?;
-        let array = v.to_array().ok()?;
         let mut out = Vec::new();
-        encode_key_value(&mut out, col.ty, &array, 0).then_some(out)
+        self.encode_key_part(&mut out, 0, value).then_some(out)
+    }
+
+    /// Appends `value`, converted to the type of key column `j`, to the
+    /// encoded key `out`; false when it does not convert.
+    fn encode_key_part(&self, out: &mut Vec<u8>, j: usize, value: &ScalarValue) -> bool {
+        let Some(col) = self.def.key.get(j).map(|&c| &self.def.columns[c]) else {
+            return false;
+        };
+        value
+            .cast_to(&codec::arrow_type(col.ty))
+            .ok()
+            .and_then(|v| v.to_array().ok())
+            .is_some_and(|array| encode_key_value(out, col.ty, &array, 0))
     }
 
     fn first_key_column(&self, e: &Expr) -> bool {
@@ -266,9 +276,8 @@ impl RegionTable {
         out
     }
 
-    /// `key column = literal` (either way round): the key position and the
-    /// literal.
-    fn key_column_equal<'e>(&self, e: &'e Expr) -> Option<(usize, &'e ScalarValue)> {
+    /// `key column = x` (either way round): the key position and `x`.
+    fn key_column_eq<'e>(&self, e: &'e Expr) -> Option<(usize, &'e Expr)> {
         let Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Eq,
@@ -277,45 +286,35 @@ impl RegionTable {
         else {
             return None;
         };
-        let ((Expr::Column(col), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(col))) =
-            (left.as_ref(), right.as_ref())
-        else {
-            return None;
+        let (col, other) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), x) | (x, Expr::Column(c)) => (c, x),
+            _ => return None,
         };
         let j = self
             .def
             .key
             .iter()
             .position(|&k| self.def.columns[k].name == col.name)?;
-        Some((j, v))
+        Some((j, other))
+    }
+
+    /// `key column = literal` (either way round): the key position and the
+    /// literal.
+    fn key_column_equal<'e>(&self, e: &'e Expr) -> Option<(usize, &'e ScalarValue)> {
+        match self.key_column_eq(e)? {
+            (j, Expr::Literal(v, _)) => Some((j, v)),
+            _ => None,
+        }
     }
 
     /// `key column = literal` or `key column = $n` (either way round): the
     /// key position and the value.
     fn key_column_is(&self, e: &Expr) -> Option<(usize, KeyValue)> {
-        let Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) = e
-        else {
-            return None;
-        };
-        let (col, value) = match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), v) | (v, Expr::Column(c)) => (c, v),
-            _ => return None,
-        };
-        let value = match value {
-            Expr::Literal(v, _) => KeyValue::Literal(v.clone()),
-            Expr::Placeholder(p) => KeyValue::Param(p.id.clone()),
-            _ => return None,
-        };
-        let j = self
-            .def
-            .key
-            .iter()
-            .position(|&k| self.def.columns[k].name == col.name)?;
-        Some((j, value))
+        match self.key_column_eq(e)? {
+            (j, Expr::Literal(v, _)) => Some((j, KeyValue::Literal(v.clone()))),
+            (j, Expr::Placeholder(p)) => Some((j, KeyValue::Param(p.id.clone()))),
+            _ => None,
+        }
     }
 
     /// Whether the filter holds an equality on a key column that
@@ -348,13 +347,7 @@ impl RegionTable {
         }
         let mut key = Vec::new();
         for (j, v) in values.iter().take(n).enumerate() {
-            let col = &self.def.columns[self.def.key[j]];
-            let array = (*v)?
-                .cast_to(&codec::arrow_type(col.ty))
-                .ok()?
-                .to_array()
-                .ok()?;
-            if !encode_key_value(&mut key, col.ty, &array, 0) {
+            if !self.encode_key_part(&mut key, j, (*v)?) {
                 return None;
             }
         }
@@ -1351,7 +1344,7 @@ impl LookupTemplate {
     /// (`int_key = 5.5` matches nothing; a cast would round it), which the
     /// planner then answers.
     pub fn bind(&self, params: Option<&ParamValues>) -> Option<PointLookup> {
-        let def = &self.reader.table.def;
+        let table = &self.reader.table;
         let mut key = Vec::new();
         for (j, v) in self.values.iter().enumerate() {
             let value = match v {
@@ -1362,12 +1355,12 @@ impl LookupTemplate {
                     .value()
                     .clone(),
             };
-            let ty = def.columns[def.key[j]].ty;
+            let ty = table.def.columns[table.def.key[j]].ty;
             let cast = value.cast_to(&codec::arrow_type(ty)).ok()?;
             if cast.is_null() || cast.cast_to(&value.data_type()).ok()? != value {
                 return None;
             }
-            if !encode_key_value(&mut key, ty, &cast.to_array().ok()?, 0) {
+            if !table.encode_key_part(&mut key, j, &cast) {
                 return None;
             }
         }
@@ -1379,11 +1372,6 @@ impl LookupTemplate {
 }
 
 impl PointLookup {
-    /// Recognises the plan (before optimisation, parameters bound).
-    pub fn of(plan: &LogicalPlan) -> Option<PointLookup> {
-        LookupTemplate::of(plan)?.bind(None)
-    }
-
     pub fn schema(&self) -> SchemaRef {
         self.reader.schema.clone()
     }
