@@ -215,6 +215,7 @@ fn main() {
         (SyncPolicy::None, 8, 250_000, 1),
         (SyncPolicy::None, 8, 250_000, 100),
         (SyncPolicy::None, 2, 1_000_000, 1000),
+        (SyncPolicy::None, 1, 2_000_000, 1000),
     ] {
         for keys in [Keys::Sequential, Keys::Random] {
             let name = match keys {

@@ -51,15 +51,18 @@ impl Store {
     }
 
     /// Cells of `[start, end)` from memstores and files, merged; files are
-    /// skipped by range and, for a single row, by bloom filter.
+    /// skipped by range and, for a single row, memstores and files by their
+    /// bloom filters.
     pub fn cells(&self, start: &[u8], end: &[u8], single_row: bool) -> Result<Vec<Cell>> {
         // Under the state lock: copy what the memstores hold and pick the
         // files to read; read the files after letting go of it.
         let (mut sources, files) = {
             let state = self.state.read();
-            let mut sources = vec![state.active.range(start, end)];
-            for (m, _) in &state.frozen {
-                sources.push(m.range(start, end));
+            let mut sources = Vec::new();
+            for m in std::iter::once(&state.active).chain(state.frozen.iter().map(|(m, _)| m)) {
+                if !single_row || m.may_contain_row(start) {
+                    sources.push(m.range(start, end));
+                }
             }
             let files: Vec<Arc<StoreFile>> = state
                 .files
