@@ -1,11 +1,13 @@
 //! Fetch responses framed without copying their records.
 //!
-//! A fetch response is mostly record bytes read from the log. The generic
-//! path (`write_response`) copies them into the response buffer, and the
-//! socket write copies them again. Here the response's own fields are
-//! encoded into the buffer and each partition's records are left out of it,
-//! as a splice `(offset, bytes)`: the connection writes the buffer and the
-//! records together with one vectored write.
+//! A fetch response is mostly record bytes from the log. The generic path
+//! (`write_response`) copies them into the response buffer, and the socket
+//! write copies them again. Here the response's own fields are encoded into
+//! the buffer and each partition's records are left out of it, as a splice
+//! `(offset, records)`: records in memory go out with the buffer in one
+//! vectored write, records still in the log's segment files go from the
+//! page cache to the socket with `sendfile`, never copied into the server
+//! (as Kafka brokers do).
 //!
 //! The layout follows Fetch v4 to v12 field by field (v12 is the first
 //! flexible version: compact lengths and tagged-field counts). A test checks
@@ -14,10 +16,28 @@
 use bytes::{BufMut, Bytes};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::FetchResponse;
+use tidebase_catalog::storage::log::{FileRange, Located};
 
-/// Record bytes to insert into an encoded frame: `(offset in the frame
-/// buffer, bytes)`, by offset.
-pub(super) type Splices = Vec<(usize, Bytes)>;
+use super::InLog;
+
+/// Record bytes to insert into an encoded frame.
+pub(super) enum Records {
+    Memory(Bytes),
+    File(FileRange),
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        match self {
+            Records::Memory(b) => b.len(),
+            Records::File(r) => r.len,
+        }
+    }
+}
+
+/// Records to insert into an encoded frame: `(offset in the frame buffer,
+/// records)`, by offset.
+pub(super) type Splices = Vec<(usize, Records)>;
 
 /// Whether `r` sets nothing outside the fields [`encode`] writes: no tagged
 /// fields, no leader or epoch hints (this broker never sets them).
@@ -39,13 +59,16 @@ pub(super) fn plain(r: &FetchResponse) -> bool {
 }
 
 /// Appends the frame (size, header, body) of fetch response `r` in version
-/// `v` (4 to 12) to `out`, leaving each partition's records out of it and
-/// in `splices`. `r` must be [`plain`].
+/// `v` (4 to 12) to `out`, leaving each partition's records (its `records`,
+/// or where `in_log` says they are, for partitions whose `records` is
+/// `None`; in response order) out of it and in `splices`. `r` must be
+/// [`plain`].
 pub(super) fn encode(
     out: &mut Vec<u8>,
     splices: &mut Splices,
     correlation: i32,
     r: &FetchResponse,
+    in_log: &[InLog],
     v: i16,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -67,7 +90,8 @@ pub(super) fn encode(
         out.put_i32(r.session_id);
     }
     array_len(out, flexible, Some(r.responses.len()))?;
-    for t in &r.responses {
+    let mut in_log = in_log.iter().peekable();
+    for (ti, t) in r.responses.iter().enumerate() {
         let name = t.topic.as_bytes();
         if flexible {
             varint(out, u32::try_from(name.len() + 1)?);
@@ -76,8 +100,9 @@ pub(super) fn encode(
         }
         out.put_slice(name);
         array_len(out, flexible, Some(t.partitions.len()))?;
-        for p in &t.partitions {
-            partition(out, splices, p, v)?;
+        for (pi, p) in t.partitions.iter().enumerate() {
+            let located = in_log.next_if(|(at, _)| *at == (ti, pi)).map(|(_, l)| l);
+            partition(out, splices, p, located, v)?;
         }
         if flexible {
             varint(out, 0);
@@ -86,7 +111,11 @@ pub(super) fn encode(
     if flexible {
         varint(out, 0);
     }
-    let records: usize = splices[first_splice..].iter().map(|(_, b)| b.len()).sum();
+    anyhow::ensure!(
+        in_log.next().is_none(),
+        "records in the log for a partition not in the response"
+    );
+    let records: usize = splices[first_splice..].iter().map(|(_, r)| r.len()).sum();
     let size = i32::try_from(out.len() - start - 4 + records)?;
     out[start..start + 4].copy_from_slice(&size.to_be_bytes());
     Ok(())
@@ -96,6 +125,7 @@ fn partition(
     out: &mut Vec<u8>,
     splices: &mut Splices,
     p: &PartitionData,
+    located: Option<&Located>,
     v: i16,
 ) -> anyhow::Result<()> {
     let flexible = v >= 12;
@@ -123,17 +153,34 @@ fn partition(
             "a preferred read replica needs fetch v11"
         );
     }
-    match &p.records {
+    let len = match (&p.records, located) {
+        (Some(records), None) => Some(records.len()),
+        (None, Some(located)) => Some(located.len()),
+        (None, None) => None,
+        (Some(_), Some(_)) => anyhow::bail!("a partition's records are in memory and in the log"),
+    };
+    match len {
         None if flexible => varint(out, 0),
         None => out.put_i32(-1),
-        Some(records) => {
+        Some(len) => {
             if flexible {
-                varint(out, u32::try_from(records.len() + 1)?);
+                varint(out, u32::try_from(len + 1)?);
             } else {
-                out.put_i32(i32::try_from(records.len())?);
+                out.put_i32(i32::try_from(len)?);
             }
-            if !records.is_empty() {
-                splices.push((out.len(), records.clone()));
+            let at = out.len();
+            match (&p.records, located) {
+                (Some(records), _) if !records.is_empty() => {
+                    splices.push((at, Records::Memory(records.clone())));
+                }
+                (_, Some(located)) => splices.extend(
+                    located
+                        .ranges
+                        .iter()
+                        .filter(|r| r.len > 0)
+                        .map(|r| (at, Records::File(r.clone()))),
+                ),
+                _ => {}
             }
         }
     }
@@ -163,19 +210,31 @@ fn varint(out: &mut Vec<u8>, mut n: u32) {
     out.put_u8(n as u8);
 }
 
-/// The pieces of the frame `out` with `splices` inserted, in wire order.
-pub(super) fn pieces<'a>(out: &'a [u8], splices: &'a Splices) -> impl Iterator<Item = &'a [u8]> {
+/// A piece of a frame on the wire.
+pub(super) enum Piece<'a> {
+    Memory(&'a [u8]),
+    File(&'a FileRange),
+}
+
+/// The pieces of the frame `out` with `splices` inserted, in wire order
+/// (empty ones left out).
+pub(super) fn pieces<'a>(out: &'a [u8], splices: &'a Splices) -> impl Iterator<Item = Piece<'a>> {
     let mut at = 0;
     splices
         .iter()
-        .flat_map(move |(offset, bytes)| {
-            let head = &out[at..*offset];
+        .flat_map(move |(offset, records)| {
+            let head = Piece::Memory(&out[at..*offset]);
             at = *offset;
-            [head, bytes.as_ref()]
+            let records = match records {
+                Records::Memory(b) => Piece::Memory(b.as_ref()),
+                Records::File(r) => Piece::File(r),
+            };
+            [head, records]
         })
         .chain(std::iter::once_with(move || {
-            &out[splices.last().map_or(0, |(offset, _)| *offset)..]
+            Piece::Memory(&out[splices.last().map_or(0, |(offset, _)| *offset)..])
         }))
+        .filter(|p| !matches!(p, Piece::Memory(b) if b.is_empty()))
 }
 
 #[cfg(test)]
@@ -238,14 +297,88 @@ mod tests {
             let hv = ApiKey::Fetch.response_header_version(v);
             super::super::write_response(&mut generic, 11, hv, &r, v).expect("generic");
             let (mut out, mut splices) = (vec![1, 2, 3], Splices::new());
-            encode(&mut out, &mut splices, 11, &r, v).expect("framed");
+            encode(&mut out, &mut splices, 11, &r, &[], v).expect("framed");
             // What was in the buffer before stays; records are not copied.
             assert_eq!(&out[..3], &[1, 2, 3]);
             assert_eq!(splices.len(), 2, "two partitions have records (v{v})");
             assert!(out.len() + 600 - 3 == generic.len(), "v{v}");
-            let wire = pieces(&out, &splices).collect::<Vec<_>>().concat();
-            assert_eq!(&wire[3..], generic.as_slice(), "fetch v{v}");
+            assert_eq!(&wire(&out, &splices)[3..], generic.as_slice(), "fetch v{v}");
         }
+    }
+
+    /// The frame as it goes on the wire, file ranges read.
+    fn wire(out: &[u8], splices: &Splices) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut wire = Vec::new();
+        for piece in pieces(out, splices) {
+            match piece {
+                Piece::Memory(b) => wire.extend_from_slice(b),
+                Piece::File(r) => {
+                    let mut bytes = vec![0; r.len];
+                    r.file.read_exact_at(&mut bytes, r.pos).expect("read");
+                    wire.extend_from_slice(&bytes);
+                }
+            }
+        }
+        wire
+    }
+
+    #[test]
+    fn records_in_the_log_are_framed_as_records_in_memory() {
+        use std::io::Write;
+        use std::sync::Arc;
+        // A segment file: 100 bytes of something else, then the records of
+        // partition 0 in two ranges (as across two segments), then those of
+        // partition 1.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let mut f = std::fs::File::create(&path).expect("create");
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_all(&data).expect("write");
+        let file = Arc::new(std::fs::File::open(&path).expect("open"));
+        let range = |pos: u64, len: usize| FileRange {
+            file: file.clone(),
+            path: path.clone(),
+            pos,
+            len,
+        };
+        for v in 4..=12 {
+            let mut in_memory = response(v);
+            let mut in_files = response(v);
+            let mut located = Vec::new();
+            for (pi, ranges) in [
+                (0, vec![range(100, 200), range(300, 100)]),
+                (1, vec![range(400, 50)]),
+            ] {
+                let bytes: Vec<u8> = ranges
+                    .iter()
+                    .flat_map(|r| data[r.pos as usize..r.pos as usize + r.len].to_vec())
+                    .collect();
+                in_memory.responses[0].partitions[pi].records = Some(Bytes::from(bytes));
+                in_files.responses[0].partitions[pi].records = None;
+                let l = Located {
+                    ranges,
+                    high_watermark: 0,
+                    log_start: 0,
+                };
+                located.push(((0, pi), l));
+            }
+            let (mut expected, mut splices) = (Vec::new(), Splices::new());
+            encode(&mut expected, &mut splices, 5, &in_memory, &[], v).expect("framed");
+            let expected = wire(&expected, &splices);
+            let (mut out, mut splices) = (Vec::new(), Splices::new());
+            encode(&mut out, &mut splices, 5, &in_files, &located, v).expect("framed");
+            let files = splices
+                .iter()
+                .filter(|(_, r)| matches!(r, Records::File(_)))
+                .count();
+            assert_eq!(files, 3, "v{v}");
+            assert_eq!(wire(&out, &splices), expected, "fetch v{v}");
+        }
+        // Located records for a partition that is not in the response.
+        let (mut out, mut splices) = (Vec::new(), Splices::new());
+        let stray = [((9, 0), Located::default())];
+        assert!(encode(&mut out, &mut splices, 5, &response(12), &stray, 12).is_err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
-use tidebase_catalog::storage::log::TopicConfig;
+use tidebase_catalog::storage::log::{Located, TopicConfig};
 use tidebase_catalog::storage::StorageError;
 use tidebase_catalog::topic::{self, TopicDef, Topics};
 use tidebase_catalog::{Catalog, CatalogError};
@@ -52,6 +52,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use groups::{Coordinator, Join};
+
+/// A partition's records left in the log: `((topic index, partition
+/// index) in the response, where they are)`.
+type InLog = ((usize, usize), Located);
 
 /// Largest request accepted (Kafka's default socket.request.max.bytes).
 pub const MAX_FRAME: usize = 100 << 20;
@@ -345,7 +349,7 @@ impl Kafka {
             if respond {
                 write_spliced(&mut socket, out, &splices).await?;
             }
-            // Fetched records go back to the pool.
+            // Records in memory go back to the pool, segment files are let go.
             splices.clear();
         }
     }
@@ -402,11 +406,12 @@ impl Kafka {
                 reply!(resp)
             }
             ApiKey::Fetch => {
-                let resp = self.fetch(FetchRequest::decode(buf, v)?, v).await;
+                let (mut resp, in_log) = self.fetch(FetchRequest::decode(buf, v)?, v).await;
                 if fetch_frame::plain(&resp) {
-                    fetch_frame::encode(out, splices, correlation, &resp, v)?;
+                    fetch_frame::encode(out, splices, correlation, &resp, &in_log, v)?;
                     Ok(true)
                 } else {
+                    self.read_records(&mut resp, in_log).await;
                     reply!(resp)
                 }
             }
@@ -761,7 +766,9 @@ impl Kafka {
         .unwrap_or(Err(UNKNOWN_SERVER_ERROR))
     }
 
-    async fn fetch(&self, req: FetchRequest, v: i16) -> FetchResponse {
+    /// A fetch: the response, with the records of each partition left in
+    /// the log (where they are in its segment files).
+    async fn fetch(&self, req: FetchRequest, v: i16) -> (FetchResponse, Vec<InLog>) {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
         let min_bytes = req.min_bytes.max(0) as usize;
@@ -775,25 +782,29 @@ impl Kafka {
             let notified = self.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (resp, bytes) = self.fetch_once(&req, v, max_bytes).await;
+            let (resp, in_log) = self.fetch_once(&req, v, max_bytes);
+            let bytes: usize = in_log.iter().map(|(_, l)| l.len()).sum();
             if bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline {
-                return resp;
+                return (resp, in_log);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.fetch_once(&req, v, max_bytes).await.0;
+                return self.fetch_once(&req, v, max_bytes);
             }
         }
     }
 
-    async fn fetch_once(
+    /// Where the records a fetch asks for are: finding them reads no
+    /// record (only the partitions' in-memory indexes).
+    fn fetch_once(
         &self,
         req: &FetchRequest,
         v: i16,
         max_bytes: usize,
-    ) -> (FetchResponse, usize) {
+    ) -> (FetchResponse, Vec<InLog>) {
         let mut r = FetchResponse::default();
+        let mut in_log = Vec::new();
         let mut total = 0usize;
-        for ft in &req.topics {
+        for (ti, ft) in req.topics.iter().enumerate() {
             let name = ft.topic.to_string();
             let mut tr = FetchableTopicResponse::default();
             tr.topic = ft.topic.clone();
@@ -802,7 +813,7 @@ impl Kafka {
                 .log()
                 .topic(&name)
                 .filter(|_| !name.starts_with(topic::INTERNAL_PREFIX));
-            for fp in &ft.partitions {
+            for (pi, fp) in ft.partitions.iter().enumerate() {
                 let mut pd = PartitionData::default();
                 pd.partition_index = fp.partition;
                 let part = log_topic
@@ -816,30 +827,26 @@ impl Kafka {
                     Some(p) => {
                         let budget = (fp.partition_max_bytes.max(0) as usize)
                             .min(max_bytes.saturating_sub(total));
-                        let offset = fp.fetch_offset;
-                        let read = if budget == 0 && total > 0 {
-                            Ok(tidebase_catalog::storage::log::Fetched {
-                                data: Vec::new(),
+                        let located = if budget == 0 && total > 0 {
+                            Ok(Located {
+                                ranges: Vec::new(),
                                 high_watermark: p.high_watermark(),
                                 log_start: p.log_start(),
                             })
                         } else {
-                            let buffer = self.buffers.take();
-                            tokio::task::spawn_blocking(move || {
-                                p.read_into(offset, budget.max(1), buffer)
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(StorageError::Poisoned(e.to_string())))
+                            p.locate(fp.fetch_offset, budget.max(1))
                         };
-                        match read {
-                            Ok(f) => {
-                                pd.high_watermark = f.high_watermark;
-                                pd.last_stable_offset = f.high_watermark;
+                        match located {
+                            Ok(l) => {
+                                pd.high_watermark = l.high_watermark;
+                                pd.last_stable_offset = l.high_watermark;
                                 if v >= 5 {
-                                    pd.log_start_offset = f.log_start;
+                                    pd.log_start_offset = l.log_start;
                                 }
-                                total += f.data.len();
-                                pd.records = Some(self.buffers.share(f.data));
+                                total += l.len();
+                                // The records are where `in_log` says.
+                                pd.records = None;
+                                in_log.push(((ti, pi), l));
                             }
                             Err(e) => {
                                 pd.error_code = storage_code(&CatalogError::Storage(e));
@@ -852,7 +859,32 @@ impl Kafka {
             }
             r.responses.push(tr);
         }
-        (r, total)
+        (r, in_log)
+    }
+
+    /// Reads records left in the log into the response, for the generic
+    /// encoder; a partition whose read fails gets the error's code.
+    async fn read_records(&self, r: &mut FetchResponse, in_log: Vec<InLog>) {
+        for ((ti, pi), located) in in_log {
+            let buffer = self.buffers.take();
+            let read = tokio::task::spawn_blocking(move || located.read_into(buffer))
+                .await
+                .unwrap_or_else(|e| Err(StorageError::Poisoned(e.to_string())));
+            let Some(pd) = r
+                .responses
+                .get_mut(ti)
+                .and_then(|t| t.partitions.get_mut(pi))
+            else {
+                continue;
+            };
+            match read {
+                Ok(f) => pd.records = Some(self.buffers.share(f.data)),
+                Err(e) => {
+                    pd.error_code = storage_code(&CatalogError::Storage(e));
+                    pd.high_watermark = -1;
+                }
+            }
+        }
     }
 
     async fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -1088,26 +1120,75 @@ fn offset_for_time(p: &tidebase_catalog::storage::log::Partition, ts: i64) -> Op
         .or(Some((base, -1)))
 }
 
-/// Writes the frame `out` with `splices` inserted, in vectored writes.
+/// Writes the frame `out` with `splices` inserted: pieces in memory in
+/// vectored writes, file ranges with `sendfile`.
+///
+/// `sendfile` runs on the connection's task: records in the page cache (a
+/// consumer keeping up) go to the socket without a copy through the server;
+/// records no longer cached are read from disk on this worker thread, as a
+/// Kafka broker's network threads do.
 async fn write_spliced(
     socket: &mut TcpStream,
     out: &[u8],
     splices: &fetch_frame::Splices,
 ) -> std::io::Result<()> {
+    use fetch_frame::Piece;
     use std::io::IoSlice;
     if splices.is_empty() {
         return socket.write_all(out).await;
     }
-    let mut slices: Vec<IoSlice> = fetch_frame::pieces(out, splices)
-        .map(IoSlice::new)
-        .collect();
-    let mut rest = slices.as_mut_slice();
-    while !rest.is_empty() {
-        let n = socket.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+    let mut memory: Vec<IoSlice> = Vec::new();
+    for piece in fetch_frame::pieces(out, splices).map(Some).chain([None]) {
+        match piece {
+            Some(Piece::Memory(b)) => memory.push(IoSlice::new(b)),
+            file => {
+                let mut rest = memory.as_mut_slice();
+                while !rest.is_empty() {
+                    let n = socket.write_vectored(rest).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::WriteZero.into());
+                    }
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                memory.clear();
+                if let Some(Piece::File(r)) = file {
+                    send_file(socket, r).await?;
+                }
+            }
         }
-        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+/// Sends a file range to the socket with `sendfile`, waiting whenever the
+/// socket's buffer is full.
+async fn send_file(
+    socket: &TcpStream,
+    r: &tidebase_catalog::storage::log::FileRange,
+) -> std::io::Result<()> {
+    let (mut pos, mut left) = (r.pos, r.len);
+    while left > 0 {
+        socket.writable().await?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, &*r.file, Some(&mut pos), left).map_err(Into::into)
+        });
+        match sent {
+            Ok(0) => {
+                // The file ends before the range its index gave: the frame
+                // cannot be completed.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} ends before byte {}",
+                        r.path.display(),
+                        r.pos + r.len as u64
+                    ),
+                ));
+            }
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 pub use batch::{BatchError, BatchHeader};
-pub use partition::{Appended, Fetched, Partition};
+pub use partition::{Appended, Fetched, FileRange, Located, Partition};
 
 use crate::error::{io, Result, StorageError};
 use crate::store_file::{hex, unhex};

@@ -124,6 +124,61 @@ pub struct Fetched {
     pub log_start: i64,
 }
 
+/// Where whole record batches of a read are: byte ranges of the
+/// partition's segment files, in log order ([`Partition::locate`]). The
+/// files are held open, so a segment deleted meanwhile can still be read.
+#[derive(Debug, Clone, Default)]
+pub struct Located {
+    pub ranges: Vec<FileRange>,
+    pub high_watermark: i64,
+    pub log_start: i64,
+}
+
+/// Bytes `[pos, pos + len)` of a segment file.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub pos: u64,
+    pub len: usize,
+}
+
+impl Located {
+    /// The bytes of all ranges.
+    pub fn len(&self) -> usize {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the ranges into `buffer` (reused: memory that served an
+    /// earlier read is neither zeroed again nor faulted in anew).
+    pub fn read_into(self, buffer: Vec<u8>) -> Result<Fetched> {
+        let mut data = buffer;
+        let n = self.len();
+        // Every byte below `n` is read from the file next.
+        if data.len() < n {
+            data.resize(n, 0);
+        } else {
+            data.truncate(n);
+        }
+        let mut at = 0;
+        for r in self.ranges {
+            r.file
+                .read_exact_at(&mut data[at..at + r.len], r.pos)
+                .map_err(io(&r.path))?;
+            at += r.len;
+        }
+        Ok(Fetched {
+            data,
+            high_watermark: self.high_watermark,
+            log_start: self.log_start,
+        })
+    }
+}
+
 /// A partition's log.
 pub struct Partition {
     dir: PathBuf,
@@ -402,65 +457,57 @@ impl Partition {
         self.read_into(offset, max_bytes, Vec::new())
     }
 
-    /// [`Partition::read`] into `buffer`, whose memory is reused: a buffer
-    /// that served an earlier read is neither zeroed again nor faulted in
-    /// anew (the Kafka listener keeps a pool of them).
+    /// [`Partition::read`] into `buffer`, whose memory is reused
+    /// ([`Located::read_into`]; the Kafka listener keeps a pool of them).
     pub fn read_into(&self, offset: i64, max_bytes: usize, buffer: Vec<u8>) -> Result<Fetched> {
-        let mut ranges: Vec<(Arc<File>, PathBuf, u64, usize)> = Vec::new();
-        let (hw, start) = {
-            let st = self.state.lock();
-            let start = st.segments[0].base;
-            let hw = st.high_watermark;
-            if offset < start || offset > hw {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    start,
-                    end: hw,
+        self.locate(offset, max_bytes)?.read_into(buffer)
+    }
+
+    /// Where [`Partition::read`] would read from, without reading: whole
+    /// batches starting with the one that holds `offset`, up to about
+    /// `max_bytes` (at least one batch if there is one), below the high
+    /// watermark.
+    pub fn locate(&self, offset: i64, max_bytes: usize) -> Result<Located> {
+        let st = self.state.lock();
+        let start = st.segments[0].base;
+        let hw = st.high_watermark;
+        if offset < start || offset > hw {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start,
+                end: hw,
+            });
+        }
+        let mut ranges = Vec::new();
+        let mut total = 0usize;
+        let first_seg = st
+            .segments
+            .partition_point(|s| s.base <= offset)
+            .saturating_sub(1);
+        'outer: for seg in &st.segments[first_seg..] {
+            let from = seg.entries.partition_point(|e| e.last < offset);
+            let mut range: Option<(u64, usize)> = None;
+            let to_range = |(pos, len)| FileRange {
+                file: seg.file.clone(),
+                path: seg.path.clone(),
+                pos,
+                len,
+            };
+            for e in &seg.entries[from..] {
+                if e.base >= hw || (total > 0 && total + e.size as usize > max_bytes) {
+                    ranges.extend(range.map(to_range));
+                    break 'outer;
+                }
+                total += e.size as usize;
+                range = Some(match range {
+                    None => (e.pos, e.size as usize),
+                    Some((pos, len)) => (pos, len + e.size as usize),
                 });
             }
-            let mut total = 0usize;
-            let first_seg = st
-                .segments
-                .partition_point(|s| s.base <= offset)
-                .saturating_sub(1);
-            'outer: for seg in &st.segments[first_seg..] {
-                let from = seg.entries.partition_point(|e| e.last < offset);
-                let mut range: Option<(u64, usize)> = None;
-                for e in &seg.entries[from..] {
-                    if e.base >= hw || (total > 0 && total + e.size as usize > max_bytes) {
-                        if let Some((pos, len)) = range {
-                            ranges.push((seg.file.clone(), seg.path.clone(), pos, len));
-                        }
-                        break 'outer;
-                    }
-                    total += e.size as usize;
-                    range = Some(match range {
-                        None => (e.pos, e.size as usize),
-                        Some((pos, len)) => (pos, len + e.size as usize),
-                    });
-                }
-                if let Some((pos, len)) = range {
-                    ranges.push((seg.file.clone(), seg.path.clone(), pos, len));
-                }
-            }
-            (hw, start)
-        };
-        let mut data = buffer;
-        let n = ranges.iter().map(|r| r.3).sum();
-        // Every byte below `n` is read from the file next.
-        if data.len() < n {
-            data.resize(n, 0);
-        } else {
-            data.truncate(n);
+            ranges.extend(range.map(to_range));
         }
-        let mut at = 0;
-        for (file, path, pos, len) in ranges {
-            file.read_exact_at(&mut data[at..at + len], pos)
-                .map_err(io(&path))?;
-            at += len;
-        }
-        Ok(Fetched {
-            data,
+        Ok(Located {
+            ranges,
             high_watermark: hw,
             log_start: start,
         })
