@@ -397,7 +397,11 @@ fn write_tmp(
         .set_data_page_size_limit(PAGE_BYTES)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS / 2)
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Only the row column's statistics steer reads (row groups and pages
+        // skipped by range); min/max of values and qualifiers would cost a
+        // comparison per cell at every flush and compaction, for nothing.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("row"), EnabledStatistics::Page)
         // Row keys and values are mostly distinct: a dictionary would have
         // to be decoded whole (up to a MiB per row group) before a get could
         // read its one page. Qualifiers, timestamps, sequence numbers and
