@@ -1219,6 +1219,124 @@ fn write_response<M: Encodable>(
 mod tests {
     use super::*;
 
+    fn batch(values: &[&str]) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: None,
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode");
+        buf.to_vec()
+    }
+
+    /// A fetch's frame with records sent from the segment files equals the
+    /// generic encoding of the same response with the records read into
+    /// memory, and those records are the batches appended.
+    #[tokio::test]
+    async fn fetched_records_go_out_from_the_log_as_they_were_appended() {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::records::RecordBatchDecoder;
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Arc::new(Catalog::open(dir.path(), Default::default()).expect("open"));
+        let log = catalog.topics().log().clone();
+        let config = TopicConfig {
+            partitions: 2,
+            ..Default::default()
+        };
+        log.create_topic("t", config).expect("create");
+        for i in 0..6u32 {
+            let values = [format!("v{i}a"), format!("v{i}b")];
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            log.append("t", i % 2, &batch(&values)).expect("append");
+        }
+        let kafka = Kafka::new(catalog, "127.0.0.1:9092".parse().expect("address"));
+        let mut t = FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_static_str("t"));
+        // Partition 1 from its second batch, partition 0 from the start,
+        // and a partition the topic does not have.
+        for (partition, offset) in [(1, 2), (0, 0), (7, 0)] {
+            let mut p = FetchPartition::default();
+            p.partition = partition;
+            p.fetch_offset = offset;
+            p.partition_max_bytes = 1 << 20;
+            t.partitions.push(p);
+        }
+        let mut req = FetchRequest::default();
+        req.max_bytes = 1 << 20;
+        req.topics = vec![t];
+        for v in [4, 11, 12] {
+            let (resp, in_log) = kafka.fetch(req.clone(), v).await;
+            assert_eq!(in_log.len(), 2, "two partitions have records in the log");
+            let (mut out, mut splices) = (Vec::new(), fetch_frame::Splices::new());
+            fetch_frame::encode(&mut out, &mut splices, 9, &resp, &in_log, v).expect("framed");
+            let mut wire = Vec::new();
+            for piece in fetch_frame::pieces(&out, &splices) {
+                match piece {
+                    fetch_frame::Piece::Memory(b) => wire.extend_from_slice(b),
+                    fetch_frame::Piece::File(r) => {
+                        let mut bytes = vec![0; r.len];
+                        r.file.read_exact_at(&mut bytes, r.pos).expect("read");
+                        wire.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            let mut read = resp.clone();
+            kafka.read_records(&mut read, in_log).await;
+            let mut generic = Vec::new();
+            let hv = ApiKey::Fetch.response_header_version(v);
+            write_response(&mut generic, 9, hv, &read, v).expect("generic");
+            assert_eq!(wire, generic, "fetch v{v}");
+            let values = |p: usize| -> Vec<(i64, Bytes)> {
+                let mut records = read.responses[0].partitions[p].records.clone().unwrap();
+                RecordBatchDecoder::decode_all(&mut records)
+                    .expect("decode")
+                    .iter()
+                    .flat_map(|s| {
+                        s.records
+                            .iter()
+                            .map(|r| (r.offset, r.value.clone().unwrap()))
+                    })
+                    .collect()
+            };
+            let want = |batches: &[u32], first: i64| -> Vec<(i64, Bytes)> {
+                batches
+                    .iter()
+                    .flat_map(|i| [format!("v{i}a"), format!("v{i}b")])
+                    .enumerate()
+                    .map(|(k, s)| (first + k as i64, Bytes::from(s)))
+                    .collect()
+            };
+            // Partition 1 holds batches 1, 3 and 5 at offsets 0-5.
+            assert_eq!(values(0), want(&[3, 5], 2));
+            assert_eq!(values(1), want(&[0, 2, 4], 0));
+            let missing = &read.responses[0].partitions[2];
+            assert_eq!(missing.error_code, UNKNOWN_TOPIC_OR_PARTITION);
+        }
+    }
+
     #[test]
     fn fetch_buffers_come_back_to_the_pool_when_the_last_reference_goes() {
         let pool = BufferPool::default();
