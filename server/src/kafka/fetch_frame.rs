@@ -153,35 +153,31 @@ fn partition(
             "a preferred read replica needs fetch v11"
         );
     }
-    let len = match (&p.records, located) {
-        (Some(records), None) => Some(records.len()),
-        (None, Some(located)) => Some(located.len()),
+    // The partition's records as pieces to splice in; `None` is null.
+    let records: Option<Vec<Records>> = match (&p.records, located) {
+        (Some(bytes), None) => Some(vec![Records::Memory(bytes.clone())]),
+        (None, Some(located)) => Some(
+            located
+                .ranges
+                .iter()
+                .map(|r| Records::File(r.clone()))
+                .collect(),
+        ),
         (None, None) => None,
         (Some(_), Some(_)) => anyhow::bail!("a partition's records are in memory and in the log"),
     };
-    match len {
+    match records {
         None if flexible => varint(out, 0),
         None => out.put_i32(-1),
-        Some(len) => {
+        Some(records) => {
+            let len: usize = records.iter().map(Records::len).sum();
             if flexible {
                 varint(out, u32::try_from(len + 1)?);
             } else {
                 out.put_i32(i32::try_from(len)?);
             }
             let at = out.len();
-            match (&p.records, located) {
-                (Some(records), _) if !records.is_empty() => {
-                    splices.push((at, Records::Memory(records.clone())));
-                }
-                (_, Some(located)) => splices.extend(
-                    located
-                        .ranges
-                        .iter()
-                        .filter(|r| r.len > 0)
-                        .map(|r| (at, Records::File(r.clone()))),
-                ),
-                _ => {}
-            }
+            splices.extend(records.into_iter().filter(|r| r.len() > 0).map(|r| (at, r)));
         }
     }
     if flexible {
@@ -235,6 +231,24 @@ pub(super) fn pieces<'a>(out: &'a [u8], splices: &'a Splices) -> impl Iterator<I
             Piece::Memory(&out[splices.last().map_or(0, |(offset, _)| *offset)..])
         }))
         .filter(|p| !matches!(p, Piece::Memory(b) if b.is_empty()))
+}
+
+/// The frame as it goes on the wire, file ranges read.
+#[cfg(test)]
+pub(super) fn wire(out: &[u8], splices: &Splices) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut wire = Vec::new();
+    for piece in pieces(out, splices) {
+        match piece {
+            Piece::Memory(b) => wire.extend_from_slice(b),
+            Piece::File(r) => {
+                let mut bytes = vec![0; r.len];
+                r.file.read_exact_at(&mut bytes, r.pos).expect("read");
+                wire.extend_from_slice(&bytes);
+            }
+        }
+    }
+    wire
 }
 
 #[cfg(test)]
@@ -304,23 +318,6 @@ mod tests {
             assert!(out.len() + 600 - 3 == generic.len(), "v{v}");
             assert_eq!(&wire(&out, &splices)[3..], generic.as_slice(), "fetch v{v}");
         }
-    }
-
-    /// The frame as it goes on the wire, file ranges read.
-    fn wire(out: &[u8], splices: &Splices) -> Vec<u8> {
-        use std::os::unix::fs::FileExt;
-        let mut wire = Vec::new();
-        for piece in pieces(out, splices) {
-            match piece {
-                Piece::Memory(b) => wire.extend_from_slice(b),
-                Piece::File(r) => {
-                    let mut bytes = vec![0; r.len];
-                    r.file.read_exact_at(&mut bytes, r.pos).expect("read");
-                    wire.extend_from_slice(&bytes);
-                }
-            }
-        }
-        wire
     }
 
     #[test]

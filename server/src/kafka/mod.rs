@@ -1219,38 +1219,6 @@ fn write_response<M: Encodable>(
 mod tests {
     use super::*;
 
-    fn batch(values: &[&str]) -> Vec<u8> {
-        use kafka_protocol::records::{
-            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let records: Vec<Record> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: 1_700_000_000_000 + i as i64,
-                key: None,
-                value: Some(Bytes::copy_from_slice(v.as_bytes())),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode");
-        buf.to_vec()
-    }
-
     /// A fetch's frame with records sent from the segment files equals the
     /// generic encoding of the same response with the records read into
     /// memory, and those records are the batches appended.
@@ -1258,7 +1226,6 @@ mod tests {
     async fn fetched_records_go_out_from_the_log_as_they_were_appended() {
         use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
         use kafka_protocol::records::RecordBatchDecoder;
-        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let catalog = Arc::new(Catalog::open(dir.path(), Default::default()).expect("open"));
         let log = catalog.topics().log().clone();
@@ -1268,9 +1235,16 @@ mod tests {
         };
         log.create_topic("t", config).expect("create");
         for i in 0..6u32 {
-            let values = [format!("v{i}a"), format!("v{i}b")];
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            log.append("t", i % 2, &batch(&values)).expect("append");
+            let messages: Vec<topic::Message> = ["a", "b"]
+                .iter()
+                .map(|s| topic::Message {
+                    value: Some(format!("v{i}{s}").into_bytes()),
+                    timestamp_ms: 1_700_000_000_000,
+                    ..Default::default()
+                })
+                .collect();
+            log.append("t", i % 2, &topic::encode_batch(&messages))
+                .expect("append");
         }
         let kafka = Kafka::new(catalog, "127.0.0.1:9092".parse().expect("address"));
         let mut t = FetchTopic::default();
@@ -1292,17 +1266,7 @@ mod tests {
             assert_eq!(in_log.len(), 2, "two partitions have records in the log");
             let (mut out, mut splices) = (Vec::new(), fetch_frame::Splices::new());
             fetch_frame::encode(&mut out, &mut splices, 9, &resp, &in_log, v).expect("framed");
-            let mut wire = Vec::new();
-            for piece in fetch_frame::pieces(&out, &splices) {
-                match piece {
-                    fetch_frame::Piece::Memory(b) => wire.extend_from_slice(b),
-                    fetch_frame::Piece::File(r) => {
-                        let mut bytes = vec![0; r.len];
-                        r.file.read_exact_at(&mut bytes, r.pos).expect("read");
-                        wire.extend_from_slice(&bytes);
-                    }
-                }
-            }
+            let wire = fetch_frame::wire(&out, &splices);
             let mut read = resp.clone();
             kafka.read_records(&mut read, in_log).await;
             let mut generic = Vec::new();
